@@ -1,0 +1,1 @@
+"""`paravm ...` command line."""

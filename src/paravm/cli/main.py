@@ -1,0 +1,136 @@
+"""``paravm run MANIFEST``: boot every domain of a manifest and wait for them.
+
+Exit status: 0 when every domain exited 0; otherwise the first non-zero
+domain status in manifest order (a crashed domain counts as 70); 2 for a bad
+manifest, a bad image or a missing /dev/kvm capability (one line, no
+traceback); 124 when ``--timeout`` expired; 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+
+def _err(msg: str) -> None:
+    sys.stderr.write(f"paravm: {msg}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_process = time.perf_counter_ns()
+    parser = argparse.ArgumentParser(prog="paravm", description="A hypervisor in Python on KVM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="boot the domains of a manifest")
+    run.add_argument("manifest", help="the manifest (TOML)")
+    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                     help="stop every domain after this long (exit status 124)")
+    run.add_argument("--stats", action="store_true",
+                     help="print exit counts, time per exit reason and boot times")
+    sub.add_parser("version", help="print the version")
+    args = parser.parse_args(argv)
+    if args.command == "version":
+        from .. import __version__
+        print(f"paravm {__version__}")
+        return 0
+    return cmd_run(args, t_process)
+
+
+def cmd_run(args, t_process: int) -> int:
+    from ..config import ManifestError, load_manifest
+    from ..kvm import KvmError, KvmUnavailable
+    from ..loader import ImageError
+
+    try:
+        manifest = load_manifest(args.manifest)
+    except ManifestError as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if args.timeout is not None and args.timeout <= 0:
+        _err("--timeout must be > 0")
+        return EXIT_USAGE
+    from ..vm.hypervisor import Hypervisor
+    try:
+        hv = Hypervisor(timing=args.stats)
+    except KvmUnavailable as e:
+        _err(str(e))
+        return EXIT_USAGE
+    interrupted = timed_out = False
+    try:
+        try:
+            for spec in manifest.domains:
+                hv.create_from_spec(spec)
+        except ImageError as e:
+            _err(f"{args.manifest}: domain image: {e}")
+            return EXIT_USAGE
+        except (KvmError, OSError, ValueError, MemoryError) as e:
+            _err(f"{args.manifest}: cannot create domain: {e}")
+            return EXIT_USAGE
+        hv.start_all()
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    timed_out = True
+                    break
+                if hv.wait_all(0.25 if left is None else min(0.25, left)) is not None:
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+        if timed_out or interrupted:
+            hv.stop_all("timeout" if timed_out else "interrupted")
+            hv.wait_all(10)
+        results = {name: d.result for name, d in hv.domains.items()}
+        for name, res in results.items():
+            if res is not None and res.how == "crashed":
+                _err(f"domain {name} {res.describe()}")
+        if args.stats:
+            _print_stats(hv, t_process)
+        if interrupted:
+            _err("interrupted: all domains stopped")
+            return EXIT_INTERRUPTED
+        if timed_out:
+            _err(f"timeout after {args.timeout} s: all domains stopped")
+            return EXIT_TIMEOUT
+        for spec in manifest.domains:
+            res = results.get(spec.name)
+            if res is not None and res.exit_code != 0:
+                return res.exit_code
+        return 0
+    finally:
+        try:
+            hv.close()
+        except RuntimeError as e:
+            _err(str(e))
+
+
+def _print_stats(hv, t_process: int) -> None:
+    out = sys.stderr
+    for name, d in hv.domains.items():
+        s = d.stats()
+        out.write(f"stats {name}:\n")
+        total = sum(s["exits"].values())
+        out.write(f"  exits: {total}\n")
+        for kind, count in sorted(s["exits"].items(), key=lambda kv: -kv[1]):
+            us = s["exit_time_us"].get(kind, 0.0)
+            per = us / count if count else 0.0
+            out.write(f"    {kind:<15} {count:>10}  {us / 1e3:10.3f} ms in VMM  "
+                      f"{per:8.2f} us/exit\n")
+        for call, count in sorted(s["hypercalls"].items(), key=lambda kv: -kv[1]):
+            out.write(f"    hypercall {call:<15} {count:>10}\n")
+        for mark, ms in s["boot_ms"].items():
+            out.write(f"  boot: domain create -> {mark}: {ms:.3f} ms\n")
+        if d.console.first_output_ns is not None:
+            out.write(f"  boot: process start -> first output: "
+                      f"{(d.console.first_output_ns - t_process) / 1e6:.3f} ms\n")
+    out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

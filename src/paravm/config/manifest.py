@@ -1,0 +1,356 @@
+"""The TOML manifest: which domains to build, from which images, with how much memory.
+
+A manifest is read in three steps, each of which can only fail with `ManifestError`:
+
+1. ``tomllib`` turns the text into plain data (syntax errors keep tomllib's line and column);
+2. ``msgspec.convert`` checks that data against the ``_Raw*`` structs below: the *shape* of the
+   file (required keys, types, numeric ranges, no unknown keys), in one compiled pass;
+3. one ``_build_*`` function per table checks what a schema cannot say (unique names, the
+   image exists, the packed size of the arguments) and makes the frozen public objects.
+
+msgspec reports a failure as one message ending in a JSON-path-like location
+(``Expected `int`, got `str` - at `$.domain[0].memory```); `_from_validation_error` turns that
+into the dotted key and the short reason that every error of this module carries.
+
+Adding a table (``[[ivc]]``, ``[pvz]``, ...) is: a ``_Raw*`` struct, one field for it in
+`_RawManifest`, one ``_build_*`` function, one field in `Manifest`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import tomllib
+from dataclasses import dataclass
+from typing import Annotated, Any, NoReturn
+
+import msgspec
+
+__all__ = [
+    "ARGS_MAX_BYTES",
+    "DOMAIN_NAME_PATTERN",
+    "DomainSpec",
+    "Manifest",
+    "ManifestError",
+    "load_manifest",
+    "parse_manifest",
+]
+
+DOMAIN_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
+RESERVED_DOMAIN_NAMES = frozenset({"host"})  # the host is domain 0
+MEMORY_MIB_DEFAULT, MEMORY_MIB_MIN, MEMORY_MIB_MAX = 64, 2, 16384
+VCPUS_DEFAULT, VCPUS_MIN, VCPUS_MAX = 1, 1, 32
+ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
+
+# fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
+# before a trailing newline, so "alice\n" would pass.
+_DOMAIN_NAME_RE = re.compile(DOMAIN_NAME_PATTERN[1:-1])
+_MiB = 1024 * 1024
+
+
+# --------------------------------------------------------------------------------------------
+# Public objects
+
+
+class ManifestError(Exception):
+    """A manifest that cannot be used, with where and why.
+
+    Attributes:
+        file: the manifest path as given to `load_manifest` / `parse_manifest`.
+        key: dotted path of the offending key, e.g. ``domain[1].memory``; ``""`` for
+            file-level errors (unreadable file, TOML syntax).
+        reason: a short phrase, e.g. ``missing required key``, ``expected int, got str``.
+
+    ``str(err)`` is ``"{file}: {key}: {reason}"``, or ``"{file}: {reason}"`` when key is empty.
+    """
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        super().__init__(file, key, reason)
+        self.file = file
+        self.key = key
+        self.reason = reason
+
+    def __str__(self) -> str:
+        if self.key:
+            return f"{self.file}: {self.key}: {self.reason}"
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One ``[[domain]]`` table, checked.
+
+    Attributes:
+        name: unique, matches `DOMAIN_NAME_PATTERN`, never ``host``.
+        domid: 1, 2, ... in manifest order (domain 0 is the host).
+        image: absolute, resolved path of an existing regular file (the guest ELF).
+        memory_mib: guest RAM in MiB, 2..16384.
+        vcpus: number of vCPUs, 1..32.
+        args: the guest's arguments; packed size (utf-8 + NUL each) <= `ARGS_MAX_BYTES`.
+    """
+
+    name: str
+    domid: int
+    image: pathlib.Path
+    memory_mib: int
+    vcpus: int
+    args: tuple[str, ...]
+
+    @property
+    def memory_bytes(self) -> int:
+        """Guest RAM in bytes (``memory_mib * 2**20``)."""
+        return self.memory_mib * _MiB
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest.
+
+    Attributes:
+        path: absolute path of the manifest file.
+        domains: one `DomainSpec` per ``[[domain]]``, in file order (so ``domains[i].domid``
+            is ``i + 1``); never empty.
+    """
+
+    path: pathlib.Path
+    domains: tuple[DomainSpec, ...]
+
+    def domain(self, name: str) -> DomainSpec:
+        """The domain called *name*; raises KeyError if there is none."""
+        for spec in self.domains:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def load_manifest(path: str | pathlib.PathLike[str]) -> Manifest:
+    """Read and check the manifest file at *path* (UTF-8 TOML).
+
+    Relative image paths are taken from the manifest's directory.
+    Raises ManifestError (with key ``""`` if the file cannot be read or decoded).
+    """
+    file = str(path)
+    p = pathlib.Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(file, "", f"file not found: {p.absolute()}") from None
+    except IsADirectoryError:
+        raise ManifestError(file, "", f"is a directory: {p.absolute()}") from None
+    except (OSError, ValueError) as e:  # ValueError: embedded NUL in the path
+        raise ManifestError(file, "", f"cannot read: {_os_reason(e)}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(file, "", f"not valid UTF-8 (byte offset {e.start})") from None
+    return parse_manifest(text, path)
+
+
+def parse_manifest(text: str, path: str | pathlib.PathLike[str]) -> Manifest:
+    """Check the manifest *text*, as if read from *path*.
+
+    *path* names the file in errors and its directory anchors relative image paths; the
+    file itself is not read. Raises ManifestError for any text that is not a valid manifest.
+    """
+    file = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ManifestError(file, "", f"TOML syntax error: {e}") from None
+    except RecursionError:
+        raise ManifestError(file, "", "TOML syntax error: values nested too deeply") from None
+    return _from_data(data, pathlib.Path(path), file)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw shape of the file, as msgspec checks it. Field names are the TOML keys.
+
+
+class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    image: str
+    memory: Annotated[int, msgspec.Meta(ge=MEMORY_MIB_MIN, le=MEMORY_MIB_MAX)] = MEMORY_MIB_DEFAULT
+    vcpus: Annotated[int, msgspec.Meta(ge=VCPUS_MIN, le=VCPUS_MAX)] = VCPUS_DEFAULT
+    args: tuple[str, ...] = ()
+
+
+class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
+    # Optional in the schema so that an empty file gets the clearer reason of _build_domains.
+    domain: tuple[_RawDomain, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Checks a schema cannot express, and the public objects.
+
+
+@dataclass(frozen=True)
+class _Context:
+    file: str  # as the caller named it, for errors
+    base: pathlib.Path  # absolute directory that relative paths start from
+
+    def fail(self, key: str, reason: str) -> NoReturn:
+        raise ManifestError(self.file, key, reason)
+
+
+def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
+    """Check already-parsed TOML *data* (a dict) and build the Manifest."""
+    try:
+        abs_path = path.absolute()
+    except (OSError, ValueError) as e:  # the current directory is gone
+        raise ManifestError(file, "", f"cannot resolve the manifest path: {_os_reason(e)}") from None
+    ctx = _Context(file, abs_path.parent)
+    try:
+        raw = msgspec.convert(data, _RawManifest)
+    except msgspec.ValidationError as e:
+        raise _from_validation_error(str(e), data, file) from None
+    except RecursionError:
+        ctx.fail("", "values nested too deeply")
+    return Manifest(path=abs_path, domains=_build_domains(raw.domain, ctx))
+
+
+def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
+    if not raws:
+        ctx.fail("domain", "at least one [[domain]] table is required")
+    seen: dict[str, int] = {}
+    specs = []
+    for i, raw in enumerate(raws):
+        key = f"domain[{i}]"
+        if not _DOMAIN_NAME_RE.fullmatch(raw.name):
+            ctx.fail(f"{key}.name", f"must match {DOMAIN_NAME_PATTERN}")
+        if raw.name in RESERVED_DOMAIN_NAMES:
+            ctx.fail(f"{key}.name", f"{raw.name!r} is reserved (the host is domain 0)")
+        if raw.name in seen:
+            ctx.fail(f"{key}.name", f"duplicate domain name {raw.name!r} (also domain[{seen[raw.name]}])")
+        seen[raw.name] = i
+        specs.append(
+            DomainSpec(
+                name=raw.name,
+                domid=i + 1,
+                image=_regular_file(raw.image, f"{key}.image", ctx),
+                memory_mib=raw.memory,
+                vcpus=raw.vcpus,
+                args=_guest_args(raw.args, f"{key}.args", ctx),
+            )
+        )
+    return tuple(specs)
+
+
+def _regular_file(value: str, key: str, ctx: _Context) -> pathlib.Path:
+    """*value* as an absolute, resolved path (relative to the manifest) of a regular file."""
+    if not value:
+        ctx.fail(key, "must not be empty")
+    if "\0" in value:
+        ctx.fail(key, "contains a NUL character")
+    try:
+        p = (ctx.base / value).resolve()
+        st = p.stat()
+    except FileNotFoundError:
+        ctx.fail(key, f"file not found: {ctx.base / value}")
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: symlink loop on 3.11/3.12
+        ctx.fail(key, f"cannot access {ctx.base / value}: {_os_reason(e)}")
+    # stat.S_ISREG/S_ISDIR without importing stat
+    kind = st.st_mode & 0o170000
+    if kind == 0o040000:
+        ctx.fail(key, f"is a directory: {p}")
+    if kind != 0o100000:
+        ctx.fail(key, f"not a regular file: {p}")
+    return p
+
+
+def _guest_args(args: tuple[str, ...], key: str, ctx: _Context) -> tuple[str, ...]:
+    size = 0
+    for j, arg in enumerate(args):
+        if "\0" in arg:
+            ctx.fail(f"{key}[{j}]", "contains a NUL character")
+        try:
+            size += len(arg.encode("utf-8")) + 1
+        except UnicodeEncodeError:  # lone surrogates: not from TOML, but from callers' data
+            ctx.fail(f"{key}[{j}]", "not encodable as UTF-8")
+    if size > ARGS_MAX_BYTES:
+        ctx.fail(key, f"packed size {size} bytes exceeds {ARGS_MAX_BYTES} (utf-8 + NUL per arg)")
+    return args
+
+
+def _os_reason(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# msgspec.ValidationError -> ManifestError
+
+# "<message>[ - at [`key` in ]`$<path>`]"; a path holds only our own field names and indices.
+_MSG_RE = re.compile(
+    r"(?P<msg>.*?)(?: - at (?P<in_key>`key` in )?`\$(?P<path>(?:\.[A-Za-z_]\w*|\[\d+\])*)`)?",
+    re.S,
+)
+_MISSING_RE = re.compile(r"Object missing required field `(?P<name>.*)`", re.S)
+_UNKNOWN_PREFIX = "Object contains unknown field `"
+_UNKNOWN_RE = re.compile(r"Object contains unknown field `(?P<name>.*)`", re.S)
+_TYPE_RE = re.compile(r"Expected `(?P<want>[^`]*)`, got `(?P<got>[^`]*)`")
+_BOUND_RE = re.compile(r"Expected `[^`]*` (?P<op>[<>]=?) (?P<n>\S+)")
+_LENGTH_RE = re.compile(r"Expected `[^`]*` of length (?P<op>[<>]=?) (?P<n>\S+)")
+_REGEX_RE = re.compile(r"Expected `str` matching regex '(?P<rx>.*)'", re.S)
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# msgspec names a TOML table by its JSON word
+_TYPE_WORDS = {"object": "table"}
+
+
+def _from_validation_error(message: str, data: Any, file: str) -> ManifestError:
+    m = _MSG_RE.fullmatch(message)
+    assert m is not None  # every string matches: the location part is optional
+    msg, path = m["msg"], m["path"] or ""
+    key = path.lstrip(".")
+    if m["in_key"]:  # a table key that is not a string: only from callers' data, never TOML
+        return ManifestError(file, key, "table keys must be strings")
+
+    if message.startswith(_UNKNOWN_PREFIX):
+        # The unknown key is quoted verbatim, so its own text may end like a location
+        # (" - at `$.x"): believe the location only if the data agrees.
+        whole = message[len(_UNKNOWN_PREFIX) : -1]
+        if path and not _has_key(data, "", whole) and (unknown := _UNKNOWN_RE.fullmatch(msg)):
+            if _has_key(data, path, unknown["name"]):
+                return ManifestError(file, _join(key, unknown["name"]), "unknown key")
+        return ManifestError(file, _join("", whole), "unknown key")
+    if missing := _MISSING_RE.fullmatch(msg):
+        return ManifestError(file, _join(key, missing["name"]), "missing required key")
+    if typ := _TYPE_RE.fullmatch(msg):
+        return ManifestError(file, key, f"expected {_type_word(typ['want'])}, got {_type_word(typ['got'])}")
+    if length := _LENGTH_RE.fullmatch(msg):
+        return ManifestError(file, key, f"length must be {length['op']} {length['n']}")
+    if bound := _BOUND_RE.fullmatch(msg):
+        return ManifestError(file, key, f"must be {bound['op']} {bound['n']}")
+    if regex := _REGEX_RE.fullmatch(msg):
+        return ManifestError(file, key, f"must match {regex['rx']}")
+    # Anything else msgspec may say: keep its words, drop its markup.
+    reason = msg.replace("`", "")
+    return ManifestError(file, key, reason[:1].lower() + reason[1:])
+
+
+def _type_word(name: str) -> str:
+    return " | ".join(_TYPE_WORDS.get(part, part) for part in name.split(" | "))
+
+
+def _join(key: str, name: str) -> str:
+    """Append TOML key *name* to dotted *key*, quoted as TOML does when it is not bare."""
+    if not _BARE_KEY_RE.fullmatch(name):
+        name = '"' + "".join(_toml_escape(c) for c in name) + '"'
+    return f"{key}.{name}" if key else name
+
+
+def _toml_escape(c: str) -> str:
+    if c in '"\\':
+        return "\\" + c
+    if c < " " or c == "\x7f":
+        return f"\\u{ord(c):04x}"
+    return c
+
+
+def _has_key(data: Any, path: str, name: str) -> bool:
+    """Whether the table at msgspec *path* (e.g. ``.domain[0]``) in *data* has key *name*."""
+    node = data
+    for field, index in re.findall(r"\.(\w+)|\[(\d+)\]", path):
+        try:
+            node = node[field] if field else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return isinstance(node, dict) and name in node

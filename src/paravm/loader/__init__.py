@@ -1,0 +1,5 @@
+"""Guest images (ELF via pyelftools)."""
+
+from .elf import Image, ImageError, Segment, read_image
+
+__all__ = ["Image", "ImageError", "Segment", "read_image"]

@@ -1,0 +1,1 @@
+"""Domains, vCPU run loop, exit dispatch, PIO/MMIO buses, the Hypervisor API."""

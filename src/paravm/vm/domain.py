@@ -1,0 +1,283 @@
+"""A Domain: guest memory, vCPUs, an in-kernel irqchip, PIO/MMIO buses, hypercalls.
+
+Life cycle: ``CREATED -> RUNNING -> STOPPED``.  A domain stops when it calls
+exit, when its last vCPU goes off, when it crashes (any vCPU), or when the
+host stops it; stopping kicks every vCPU out of ``KVM_RUN`` and records a
+:class:`DomainResult`.  Only the first cause is kept.  Destroying releases
+every fd, mapping, memslot and thread the domain had.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..arch.x86 import boot, layout as L
+from ..hypercall.table import HypercallTable
+from ..loader import Image
+from ..memory import GuestMemory, MachineMemory, PAGE_SIZE, Region
+from .backend import VmBackend
+from .bus import Bus
+from .console import Console, Sink
+from .corecalls import register_core_calls
+from .vcpu import VcpuRunner, VcpuState, format_dump
+
+CRASH_EXIT_CODE = 70   # sysexits EX_SOFTWARE: what `paravm run` reports for a crash
+
+
+class DomainState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass
+class DomainResult:
+    """How a domain ended: ``exited`` with ``status``, ``crashed`` with a
+    ``reason`` and a register ``dump`` of vCPU ``vcpu``, or ``stopped`` by the host."""
+    how: str                       # "exited" | "crashed" | "stopped"
+    status: int = 0
+    reason: str = ""
+    vcpu: int | None = None
+    dump: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        if self.how == "exited":
+            return self.status & 0xFF
+        return CRASH_EXIT_CODE if self.how == "crashed" else 0
+
+    def describe(self) -> str:
+        if self.how == "exited":
+            return f"exited with status {self.status}"
+        if self.how == "crashed":
+            text = f"crashed on vCPU {self.vcpu}: {self.reason}"
+            if self.dump:
+                text += "\n" + format_dump(self.dump)
+            return text
+        return f"stopped by the host ({self.reason})" if self.reason else "stopped by the host"
+
+
+class Domain:
+    """Use :meth:`paravm.Hypervisor.create_domain`; this class is its product."""
+
+    def __init__(self, *, name: str, domid: int, image: Image, memory_bytes: int,
+                 nr_vcpus: int, args: tuple[str, ...], vm: VmBackend,
+                 machine: MachineMemory, sink: Sink | None, timing: bool = False,
+                 on_stop=None) -> None:
+        self.name, self.domid, self.image = name, domid, image
+        self.nr_vcpus, self.args = nr_vcpus, args
+        self.t_create_ns = time.perf_counter_ns()
+        self.vm = vm
+        self.machine = machine
+        self.state = DomainState.CREATED
+        self.result: DomainResult | None = None
+        self.hypercalls = HypercallTable()
+        register_core_calls(self.hypercalls)
+        self.pio_bus = Bus("PIO", 1 << 16)
+        self.mmio_bus = Bus("MMIO", 1 << 64)
+        self.console = Console(name, sink)
+        self.boot_marks: dict[int, int] = {}
+        self.memory = GuestMemory()
+        self.vcpus: list[VcpuRunner] = []
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._on_stop = on_stop
+        self._closers: list = []     # called in reverse order by destroy()
+        self._destroyed = False
+        self.t_start_ns: int | None = None
+        self.t_stop_ns: int | None = None
+        try:
+            self._build(memory_bytes, timing)
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _build(self, memory_bytes: int, timing: bool) -> None:
+        ram = self.machine.alloc(memory_bytes // PAGE_SIZE, f"{self.name}.ram")
+        self._closers.append(lambda: self.machine.free(ram))
+        self.ram = ram
+        self.memory.add_region(Region(0, ram))
+        self._closers.append(self.memory.close)
+        slot = self.vm.map_memory(0, ram.size, ram.hva)
+        self._closers.append(lambda: self.vm.unmap_memory(slot))
+        mem = self.memory
+        boot.build_page_tables(mem, self.nr_vcpus)
+        boot.build_gdt_tss(mem, self.nr_vcpus)
+        idt_limit = boot.build_idt(mem, self.image.vectors)
+        self.image.load(mem)
+        for i in range(self.nr_vcpus):
+            be = self.vm.create_vcpu(i, entry=self.image.entry, ram_size=ram.size,
+                                     idt_limit=idt_limit)
+            self.vcpus.append(VcpuRunner(self, be, timing=timing))
+        boot.write_boot_info(mem, domid=self.domid, name=self.name, nr_vcpus=self.nr_vcpus,
+                             ram_size=ram.size, heap_start=self.image.end,
+                             tsc_khz=self.vm.tsc_khz(), args=self.args)
+
+    # --- running ------------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self.state is not DomainState.CREATED:
+                raise RuntimeError(f"domain {self.name} is {self.state.value}")
+            self.state = DomainState.RUNNING
+            self.t_start_ns = time.perf_counter_ns()
+        for v in self.vcpus:
+            v.start()
+
+    def _finish(self, result: DomainResult) -> bool:
+        with self._lock:
+            if self.result is not None:
+                return False
+            self.result = result
+        for v in self.vcpus:
+            v.request_stop()
+        return True
+
+    def exit(self, status: int) -> None:
+        """The guest asked to exit with *status* (from a vCPU thread)."""
+        self._finish(DomainResult("exited", status=status))
+
+    def crash(self, reason: str, vcpu: int | None = None,
+              dump: dict[str, int] | None = None) -> None:
+        """Stop this domain because of *reason*; the VMM and others go on."""
+        self._finish(DomainResult("crashed", reason=reason, vcpu=vcpu, dump=dump or {}))
+
+    def stop(self, reason: str = "") -> None:
+        """Stop from the host; returns at once (see :meth:`wait`)."""
+        if self.state is DomainState.CREATED:
+            self._finish(DomainResult("stopped", reason=reason))
+            self._mark_stopped()
+            return
+        self._finish(DomainResult("stopped", reason=reason))
+
+    def _vcpu_stopped(self, runner: VcpuRunner) -> None:
+        if all(v.state is VcpuState.STOPPED for v in self.vcpus):
+            self._finish(DomainResult("exited", status=0))
+            self._mark_stopped()
+
+    def _mark_stopped(self) -> None:
+        with self._lock:
+            if self.state is DomainState.STOPPED:
+                return
+            self.state = DomainState.STOPPED
+            self.t_stop_ns = time.perf_counter_ns()
+        self.console.flush()
+        self._stopped.set()
+        if self._on_stop is not None:
+            self._on_stop(self)
+
+    def wait(self, timeout: float | None = None) -> DomainResult | None:
+        """Block until the domain has stopped; its result, or None on timeout."""
+        if not self._stopped.wait(timeout):
+            return None
+        for v in self.vcpus:
+            v.join()
+        return self.result
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def pause(self) -> None:
+        for v in self.vcpus:
+            v.pause()
+
+    def resume(self) -> None:
+        for v in self.vcpus:
+            v.resume()
+
+    # --- interrupts -------------------------------------------------------------------
+    def signal_msi(self, vcpu: int, vector: int) -> int:
+        """Raise *vector* on *vcpu* now (``KVM_SIGNAL_MSI``)."""
+        self._check_target(vcpu, vector)
+        return self.vm.signal_msi(L.msi_address(vcpu), vector)
+
+    def irqfd(self, vcpu: int, vector: int) -> "Irqfd":
+        """An eventfd that raises *vector* on *vcpu* in-kernel when written."""
+        self._check_target(vcpu, vector)
+        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        try:
+            gsi = self.vm.irqfd(fd, L.msi_address(vcpu), vector)
+        except BaseException:
+            os.close(fd)
+            raise
+        irq = Irqfd(self, fd, gsi)
+        self._closers.append(irq.close)
+        return irq
+
+    def _check_target(self, vcpu: int, vector: int) -> None:
+        if not 0 <= vcpu < self.nr_vcpus:
+            raise ValueError(f"{self.name}: no vCPU {vcpu}")
+        if not 32 <= vector <= 0xFE:
+            raise ValueError(f"vector {vector:#x} outside 0x20..0xfe")
+
+    # --- teardown -------------------------------------------------------------------------
+    def destroy(self, timeout: float = 5.0) -> None:
+        """Stop (if running), join the vCPU threads, release everything.  Idempotent."""
+        if self._destroyed:
+            return
+        if self.state is DomainState.RUNNING:
+            self.stop("destroyed")
+            deadline = time.monotonic() + timeout
+            for v in self.vcpus:
+                v.join(max(0.0, deadline - time.monotonic()))
+                if v.thread is not None and v.thread.is_alive():
+                    # Cannot release the vCPU under a live thread; keep it.
+                    raise RuntimeError(f"{self.name}: vCPU {v.index} did not stop "
+                                       f"within {timeout}s")
+        self._destroyed = True
+        for v in self.vcpus:
+            v.backend.close()
+        while self._closers:
+            closer = self._closers.pop()
+            try:
+                closer()
+            except OSError:
+                pass
+        self.vm.close()
+
+    def stats(self) -> dict:
+        from .backend import EXIT_KINDS
+        counts = [sum(v.exit_counts[k] for v in self.vcpus) for k in range(len(EXIT_KINDS))]
+        ns = [sum(v.exit_ns[k] for v in self.vcpus) for k in range(len(EXIT_KINDS))]
+        hcs = {self.hypercalls.name(nr): sum(v.hypercall_counts[nr] for v in self.vcpus)
+               for nr in range(len(self.hypercalls.handlers))}
+        boot_ms = {}
+        if self.t_start_ns is not None:
+            main = self.boot_marks.get(1)
+            if main is not None:
+                boot_ms["main"] = (main - self.t_create_ns) / 1e6
+            if self.console.first_output_ns is not None:
+                boot_ms["first_output"] = (self.console.first_output_ns - self.t_create_ns) / 1e6
+        return {
+            "exits": {EXIT_KINDS[k]: c for k, c in enumerate(counts) if c},
+            "exit_time_us": {EXIT_KINDS[k]: n / 1e3 for k, n in enumerate(ns) if n},
+            "hypercalls": {k: v for k, v in hcs.items() if v},
+            "boot_ms": boot_ms,
+        }
+
+
+class Irqfd:
+    """An eventfd bound to an MSI of a domain: ``fileno()``, ``fire()``, ``close()``."""
+
+    def __init__(self, domain: Domain, fd: int, gsi: int) -> None:
+        self.domain, self.fd, self.gsi = domain, fd, gsi
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def fire(self) -> None:
+        os.eventfd_write(self.fd, 1)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            self.domain.vm.irqfd_remove(self.fd, self.gsi)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1

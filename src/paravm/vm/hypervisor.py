@@ -1,0 +1,133 @@
+"""paravm.Hypervisor: create, start, wait for and destroy domains.
+
+The hypervisor owns /dev/kvm, the machine memory and every domain; as a
+context manager it releases all of them (fds, mappings, memslots, threads).
+It is the Python API the CLI, tests and scripts use::
+
+    with Hypervisor() as hv:
+        d = hv.create_domain("hello", "examples/hello/hello.elf", memory_mib=64)
+        hv.start_all()
+        print(d.wait().describe())
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from ..arch.x86 import layout as L
+from ..loader import read_image
+from ..memory import MachineMemory
+from .console import Sink, stdout_sink
+from .domain import Domain, DomainResult
+
+_UNSET = object()
+
+
+class Hypervisor:
+    """*output*: ``fn(domain_name, line)`` for console lines (default: stdout
+    with a ``name|`` prefix; ``None`` to only capture).  *timing*: measure time
+    per exit reason (for ``--stats``)."""
+
+    def __init__(self, *, output: Sink | None = _UNSET, kvm_path: str = "/dev/kvm",
+                 timing: bool = False) -> None:
+        from .kvm_backend import install_kick_handler, open_kvm
+        install_kick_handler()
+        self.kvm = open_kvm(kvm_path)
+        self.machine = MachineMemory()
+        self.output = stdout_sink if output is _UNSET else output
+        self.timing = timing
+        self.domains: dict[str, Domain] = {}
+        self._next_domid = 1
+        self._cond = threading.Condition()
+        self._closed = False
+
+    # --- domains -----------------------------------------------------------------
+    def create_domain(self, name: str, image: str | os.PathLike, *, memory_mib: int = 64,
+                      vcpus: int = 1, args: tuple[str, ...] | list[str] = (),
+                      domid: int | None = None) -> Domain:
+        """Load *image* into a new domain (not started).  Raises
+        :class:`paravm.loader.ImageError` for a bad image, ``ValueError`` for bad
+        parameters, ``OSError``/``KvmError`` if the kernel refuses."""
+        from .kvm_backend import KvmVm
+        if self._closed:
+            raise RuntimeError("hypervisor is closed")
+        if name in self.domains:
+            raise ValueError(f"a domain named {name!r} exists")
+        if not 1 <= vcpus <= L.MAX_VCPUS:
+            raise ValueError(f"vcpus must be 1..{L.MAX_VCPUS}, got {vcpus}")
+        memory_bytes = memory_mib << 20
+        if not 2 <= memory_mib <= (3 << 10):
+            raise ValueError(f"memory must be 2..3072 MiB, got {memory_mib}")
+        if L.stacks_bottom(memory_bytes, vcpus) <= L.RESERVED_END:
+            raise ValueError(f"{memory_mib} MiB is too small for {vcpus} vCPU stacks")
+        img = read_image(image, memory_bytes, vcpus)
+        if domid is None:
+            domid = self._next_domid
+        self._next_domid = max(self._next_domid, domid + 1)
+        vm = KvmVm(self.kvm)
+        try:
+            dom = Domain(name=name, domid=domid, image=img, memory_bytes=memory_bytes,
+                         nr_vcpus=vcpus, args=tuple(args), vm=vm, machine=self.machine,
+                         sink=self.output, timing=self.timing, on_stop=self._domain_stopped)
+        except BaseException:
+            vm.close()
+            raise
+        self.domains[name] = dom
+        return dom
+
+    def create_from_spec(self, spec) -> Domain:
+        """From a :class:`paravm.config.DomainSpec`."""
+        return self.create_domain(spec.name, spec.image, memory_mib=spec.memory_mib,
+                                  vcpus=spec.vcpus, args=spec.args, domid=spec.domid)
+
+    def start_all(self) -> None:
+        for d in self.domains.values():
+            if d.t_start_ns is None and not d.stopped:
+                d.start()
+
+    def _domain_stopped(self, domain: Domain) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_all(self, timeout: float | None = None) -> dict[str, DomainResult] | None:
+        """Wait until every domain has stopped; results by name, or None on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not all(d.stopped for d in self.domains.values()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return None
+                self._cond.wait(left if left is None or left < 0.5 else 0.5)
+        return {name: d.wait() for name, d in self.domains.items()}
+
+    def stop_all(self, reason: str = "") -> None:
+        for d in self.domains.values():
+            if not d.stopped:
+                d.stop(reason)
+
+    def destroy(self, domain: Domain | str) -> None:
+        d = self.domains.pop(domain if isinstance(domain, str) else domain.name)
+        d.destroy()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for name in list(self.domains):
+            try:
+                self.destroy(name)
+            except RuntimeError as e:
+                errors.append(str(e))
+        self.machine.close()
+        self.kvm.close()
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    def __enter__(self) -> "Hypervisor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,280 @@
+"""The vCPU run loop: one thread per vCPU, an explicit state machine, exit dispatch.
+
+Why it is built this way:
+
+* ``KVM_RUN`` releases the GIL, so each vCPU gets a thread that spends its life
+  in that ioctl; Python runs only on exits.  Exits are the expensive part of
+  this machine (~29 us each from ring 3), so the loop keeps the common exit,
+  a register-form hypercall, on a short path: read the number and arguments
+  from the synced registers, call the handler, write rax, re-enter.  No object
+  is created per exit beyond Python's ints.
+* Every other exit goes through :func:`handle_exit`, a free function that
+  tests drive with fabricated exits (as Firecracker's vCPU tests do).
+* Anything the guest does that cannot go on (triple fault, an unknown port or
+  MMIO address, an exception reported by the SDK's ring-0 stub, a failed entry,
+  an emulation failure, an exception in a handler) stops *this domain* with a
+  reason and a register dump; the loop never lets an exception out, so the VMM
+  and the other domains go on.
+
+States: ``CREATED -> RUNNING <-> PAUSED -> STOPPED``.  Requests (pause, stop)
+come from other threads as a flag plus :meth:`VcpuBackend.kick`.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+import time
+import traceback
+
+from ..arch.x86.boot import ERROR_CODE_VECTORS, EXCEPTION_NAMES
+from ..hypercall import abi as hc
+from ..hypercall.table import HypercallError
+from ..memory import GuestMemoryError
+from .backend import (EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_INTR, EXIT_IO_IN,
+                      EXIT_IO_OUT, EXIT_KINDS, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SHUTDOWN,
+                      EXIT_SYSTEM_EVENT, EXIT_UNKNOWN, R8, R9, R10, RAX, RDI, RDX, RSI,
+                      VcpuBackend)
+
+MASK64 = (1 << 64) - 1
+
+
+class VcpuState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+class GuestStop(Exception):
+    """Raised inside exit handling: stop this domain with *reason*."""
+
+    def __init__(self, reason: str, dump: dict[str, int] | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.dump = reason, dump
+
+
+class VcpuRunner:
+    """Owns one vCPU backend and the thread that runs it."""
+
+    def __init__(self, domain, backend: VcpuBackend, *, timing: bool = False) -> None:
+        self.domain = domain
+        self.backend = backend
+        self.index = backend.index
+        self.state = VcpuState.CREATED
+        self.exit_counts = [0] * len(EXIT_KINDS)
+        self.hypercall_counts = [0] * hc.HC_MAX
+        self.exit_ns = [0] * len(EXIT_KINDS)
+        self.timing = timing
+        self._stop = False
+        self._pause = False
+        self._resume = threading.Event()
+        self._lock = threading.Lock()
+        self._paused = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    # --- control (any thread) -----------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            if self.state is not VcpuState.CREATED:
+                raise RuntimeError(f"vCPU {self.index} is {self.state.value}, not created")
+            self.state = VcpuState.RUNNING
+        self.thread = threading.Thread(target=self._main, daemon=True,
+                                       name=f"{self.domain.name}/vcpu{self.index}")
+        self.thread.start()
+
+    def request_stop(self) -> None:
+        self._stop = True
+        self._resume.set()
+        self.backend.kick()
+
+    def pause(self, timeout: float | None = 5.0) -> bool:
+        """Pause and wait until the thread is parked; False if it did not in time."""
+        if self.state is not VcpuState.RUNNING:
+            return self.state is VcpuState.PAUSED
+        self._resume.clear()
+        self._paused.clear()
+        self._pause = True
+        self.backend.kick()
+        return self._paused.wait(timeout)
+
+    def resume(self) -> None:
+        self._pause = False
+        self._resume.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    # --- the thread -----------------------------------------------------------
+    def _main(self) -> None:
+        be = self.backend
+        be.bind_thread()
+        try:
+            self._loop()
+        except GuestStop as e:
+            self.domain.crash(e.reason, self.index, e.dump if e.dump is not None else be.dump())
+        except BaseException as e:  # noqa: BLE001 - nothing may escape the loop
+            tb = "".join(traceback.format_exception_only(type(e), e)).strip()
+            self.domain.crash(f"internal error in the VMM while running vCPU {self.index}: "
+                              f"{tb}", self.index, be.dump())
+        finally:
+            be.unbind_thread() if hasattr(be, "unbind_thread") else None
+            self.state = VcpuState.STOPPED
+            self.domain._vcpu_stopped(self)
+
+    def _park(self) -> None:
+        self.state = VcpuState.PAUSED
+        self._paused.set()
+        self._resume.wait()
+        if not self._stop:
+            self.state = VcpuState.RUNNING
+        self.backend.clear_kick()
+
+    def _loop(self) -> None:
+        be = self.backend
+        run = be.run
+        regs = be.regs
+        table = self.domain.hypercalls
+        handlers = table.handlers
+        counts = self.exit_counts
+        hcounts = self.hypercall_counts
+        timing = self.timing
+        exit_ns = self.exit_ns
+        perf = time.perf_counter_ns
+        HC_PORT, HC_MAX = hc.HC_PORT, hc.HC_MAX
+        while True:
+            if self._stop:
+                return
+            if self._pause:
+                self._park()
+                continue
+            kind = run()
+            if timing:
+                t0 = perf()
+            counts[kind] += 1
+            if kind == EXIT_IO_OUT and be.port == HC_PORT:
+                nr = regs[RAX] & 0xFFFFFFFF
+                fn = handlers[nr] if nr < HC_MAX else None
+                if fn is None:
+                    ret = -hc.ENOSYS
+                else:
+                    hcounts[nr] += 1
+                    try:
+                        ret = fn(self, regs[RDI], regs[RSI], regs[RDX], regs[R10], regs[R8],
+                                 regs[R9])
+                    except GuestMemoryError:
+                        ret = -hc.EFAULT
+                    except HypercallError as e:
+                        ret = -e.errno
+                    if ret is None:
+                        return
+                regs[RAX] = ret & MASK64
+                be.regs_dirty()
+            elif not handle_exit(self, kind):
+                return
+            if timing:
+                exit_ns[kind] += perf() - t0
+
+
+def handle_exit(runner: VcpuRunner, kind: int) -> bool:
+    """Handle one exit other than a register-form hypercall.  Returns False
+    when the vCPU must stop; raises :class:`GuestStop` to stop the domain."""
+    be = runner.backend
+    dom = runner.domain
+    if kind == EXIT_INTR:
+        be.clear_kick()
+        return True
+    if kind == EXIT_IO_OUT or kind == EXIT_IO_IN:
+        port, data = be.port, be.data
+        if port == hc.HC_BLOCK_PORT and kind == EXIT_IO_OUT:
+            return _block_hypercall(runner, data)
+        hit = dom.pio_bus.lookup(port)
+        if hit is None:
+            raise GuestStop(f"unknown I/O port {port:#x} ({'write' if kind == EXIT_IO_OUT else 'read'}"
+                            f", {be.size} bytes) at rip={be.regs[16]:#x}")
+        dev, off = hit
+        (dev.write if kind == EXIT_IO_OUT else dev.read)(off, data)
+        return True
+    if kind == EXIT_MMIO_WRITE or kind == EXIT_MMIO_READ:
+        addr = be.addr
+        hit = dom.mmio_bus.lookup(addr)
+        if hit is None:
+            raise GuestStop(f"unknown MMIO address {addr:#x} ({'write' if kind == EXIT_MMIO_WRITE else 'read'}"
+                            f", {be.size} bytes)")
+        dev, off = hit
+        (dev.write if kind == EXIT_MMIO_WRITE else dev.read)(off, be.data)
+        return True
+    if kind == EXIT_HLT:
+        return True
+    if kind == EXIT_SHUTDOWN:
+        raise GuestStop("triple fault (KVM_EXIT_SHUTDOWN)")
+    if kind in (EXIT_FAIL_ENTRY, EXIT_INTERNAL_ERROR, EXIT_SYSTEM_EVENT, EXIT_UNKNOWN):
+        raise GuestStop(f"{EXIT_KINDS[kind]}: {be.detail}")
+    raise GuestStop(f"unexpected exit kind {kind}")
+
+
+_BLOCK = struct.Struct("<Q6Qq")
+
+
+def _block_hypercall(runner: VcpuRunner, data: memoryview) -> bool:
+    """The argument-block form: eax = GPA of struct pv_hcall_block."""
+    mem = runner.domain.memory
+    gpa = int.from_bytes(data, "little")
+    try:
+        nr, *args, _ = _BLOCK.unpack(mem.read(gpa, hc.HC_BLOCK_SIZE))
+    except GuestMemoryError:
+        return True  # nowhere to put a result: the call has no effect
+    fn = runner.domain.hypercalls.handlers[nr] if nr < hc.HC_MAX else None
+    if fn is None:
+        ret = -hc.ENOSYS
+    else:
+        runner.hypercall_counts[nr] += 1
+        try:
+            ret = fn(runner, *args)
+        except GuestMemoryError:
+            ret = -hc.EFAULT
+        except HypercallError as e:
+            ret = -e.errno
+        if ret is None:
+            return False
+    mem.write_u64(gpa + 56, ret & MASK64)
+    return True
+
+
+# --- faults reported by the SDK's ring-0 stub ---------------------------------
+_FRAME_REGS = ("r15", "r14", "r13", "r12", "r11", "r10", "r9", "r8", "rbp", "rdi", "rsi",
+               "rdx", "rcx", "rbx", "rax", "vector", "error", "rip", "cs", "rflags", "rsp", "ss")
+_FRAME = struct.Struct(f"<{len(_FRAME_REGS)}Q")
+
+
+def fault_report(runner: VcpuRunner, frame_gpa: int) -> GuestStop:
+    """Decode the exception frame the stub pushed at *frame_gpa*."""
+    try:
+        values = _FRAME.unpack(runner.domain.memory.read(frame_gpa, _FRAME.size))
+    except GuestMemoryError:
+        return GuestStop(f"fault reported with a bad frame address {frame_gpa:#x}")
+    dump = dict(zip(_FRAME_REGS, values))
+    extra = runner.backend.dump()
+    for k in ("cr0", "cr2", "cr3", "cr4", "efer"):
+        if k in extra:
+            dump[k] = extra[k]
+    vec = dump["vector"]
+    name = EXCEPTION_NAMES.get(vec, f"exception {vec}")
+    reason = f"{name} at rip={dump['rip']:#x}"
+    if vec in ERROR_CODE_VECTORS:
+        reason += f" error={dump['error']:#x}"
+    if vec == 14 and "cr2" in dump:
+        reason += f" address={dump['cr2']:#x}"
+    reason += f" (ring {dump['cs'] & 3})"
+    return GuestStop(reason, dump)
+
+
+def format_dump(dump: dict[str, int]) -> str:
+    """A register dump, four registers to a line."""
+    order = ["rip", "rsp", "rflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8",
+             "r9", "r10", "r11", "r12", "r13", "r14", "r15", "cs", "ss", "cr0", "cr2", "cr3",
+             "cr4", "efer", "vector", "error"]
+    items = [f"{k:>6}={dump[k]:016x}" for k in order if k in dump]
+    return "\n".join("  " + " ".join(items[i:i + 4]) for i in range(0, len(items), 4))
