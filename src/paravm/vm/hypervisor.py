@@ -40,6 +40,7 @@ class Hypervisor:
         self.timing = timing
         self.domains: dict[str, Domain] = {}
         self._next_domid = 1
+        self._images: dict[tuple, object] = {}
         self._cond = threading.Condition()
         self._closed = False
 
@@ -62,7 +63,7 @@ class Hypervisor:
             raise ValueError(f"memory must be 2..3072 MiB, got {memory_mib}")
         if L.stacks_bottom(memory_bytes, vcpus) <= L.RESERVED_END:
             raise ValueError(f"{memory_mib} MiB is too small for {vcpus} vCPU stacks")
-        img = read_image(image, memory_bytes, vcpus)
+        img = self._image(image, memory_bytes, vcpus)
         if domid is None:
             domid = self._next_domid
         self._next_domid = max(self._next_domid, domid + 1)
@@ -76,6 +77,25 @@ class Hypervisor:
             raise
         self.domains[name] = dom
         return dom
+
+    def _image(self, path, memory_bytes: int, vcpus: int):
+        """Read (or reuse) a checked image.  Parsing with pyelftools costs ~3 ms;
+        the cache key includes the file's identity and mtime, so a rebuilt
+        image is read again."""
+        try:
+            st = os.stat(path)
+            key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size,
+                   memory_bytes, vcpus)
+        except OSError:
+            key = None
+        img = self._images.get(key) if key else None
+        if img is None:
+            img = read_image(path, memory_bytes, vcpus)
+            if key:
+                if len(self._images) >= 64:
+                    self._images.clear()
+                self._images[key] = img
+        return img
 
     def create_from_spec(self, spec) -> Domain:
         """From a :class:`paravm.config.DomainSpec`."""

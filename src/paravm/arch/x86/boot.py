@@ -18,6 +18,7 @@ write cannot corrupt the IDT or the stub's stacks.
 from __future__ import annotations
 
 import ctypes as C
+import functools
 import struct
 
 from ...kvm import abi
@@ -72,6 +73,20 @@ def _idt_gate(handler: int, dpl: int) -> bytes:
 def build_page_tables(mem, nr_vcpus: int) -> None:
     """Identity map 0..4 GiB: 2 MiB pages, and 4 KiB pages with per-page
     permissions in the first 2 MiB."""
+    mem.write(L.PML4, _page_tables(nr_vcpus))
+
+
+@functools.lru_cache(maxsize=L.MAX_VCPUS)
+def _page_tables(nr_vcpus: int) -> bytes:
+    """The bytes of PML4 .. PT_LOW (contiguous), computed once per vCPU count."""
+    out = bytearray(L.GDT - L.PML4)
+
+    class _Buf:
+        @staticmethod
+        def write(gpa: int, data: bytes) -> None:
+            out[gpa - L.PML4:gpa - L.PML4 + len(data)] = data
+
+    mem = _Buf
     mem.write(L.PML4, struct.pack("<Q", L.PDPT | PTE_P | PTE_RW | PTE_US))
     mem.write(L.PDPT, struct.pack("<4Q", *((L.PD + i * L.PAGE) | PTE_P | PTE_RW | PTE_US
                                            for i in range(4))))
@@ -94,17 +109,21 @@ def build_page_tables(mem, nr_vcpus: int) -> None:
     for gpa in range(L.RESERVED_END, 2 << 20, L.PAGE):
         small[gpa >> 12] = gpa | PTE_P | PTE_RW | PTE_US
     mem.write(L.PT_LOW, struct.pack("<512Q", *small))
+    return bytes(out)
 
 
 def build_gdt_tss(mem, nr_vcpus: int) -> None:
+    """The GDT, and per vCPU its TSS (RSP0 = its ring-0 stack; the I/O bitmap
+    is all zero, so every port is allowed, then the 0xFF end byte) and the
+    head of its vCPU page.  RAM is fresh (zero), so only non-zero bytes are
+    written."""
     gdt = bytearray(struct.pack(f"<{len(_GDT_FIXED)}Q", *_GDT_FIXED))
     for v in range(nr_vcpus):
         gdt += _tss_descriptor(L.vcpu_area(v) + L.VCPU_TSS_OFF, L.TSS_LIMIT)
-        tss = bytearray(L.TSS_LIMIT + 1)  # I/O bitmap all zero: every port allowed
-        struct.pack_into("<Q", tss, L.TSS_RSP0, L.vcpu_area(v) + L.VCPU_STACK0_TOP_OFF)
-        struct.pack_into("<H", tss, L.TSS_IOMAP_BASE, L.TSS_HEADER)
-        tss[L.TSS_LIMIT] = 0xFF
-        mem.write(L.vcpu_area(v) + L.VCPU_TSS_OFF, tss)
+        tss = L.vcpu_area(v) + L.VCPU_TSS_OFF
+        mem.write(tss + L.TSS_RSP0, struct.pack("<Q", L.vcpu_area(v) + L.VCPU_STACK0_TOP_OFF))
+        mem.write(tss + L.TSS_IOMAP_BASE, struct.pack("<H", L.TSS_HEADER))
+        mem.write(tss + L.TSS_LIMIT, b"\xff")
         page = L.vcpu_page(v)
         mem.write(page + L.VP_OFF_SELF, struct.pack("<QII", page, v, v))
     mem.write(L.GDT, gdt)
@@ -116,10 +135,15 @@ def build_idt(mem, vectors: int | None) -> int:
     (0 when the image has no stub: every exception then triple-faults)."""
     if vectors is None:
         return 0
-    idt = b"".join(_idt_gate(vectors + v * L.IMAGE_VECTOR_STRIDE, 3 if v == 3 else 0)
-                   for v in range(256))
+    idt = _idt(vectors)
     mem.write(L.IDT, idt)
     return len(idt) - 1
+
+
+@functools.lru_cache(maxsize=16)
+def _idt(vectors: int) -> bytes:
+    return b"".join(_idt_gate(vectors + v * L.IMAGE_VECTOR_STRIDE, 3 if v == 3 else 0)
+                    for v in range(256))
 
 
 def write_boot_info(mem, *, domid: int, name: str, nr_vcpus: int, ram_size: int,
