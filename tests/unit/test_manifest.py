@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import math
 import pickle
@@ -67,9 +66,9 @@ def test_two_domains_get_defaults_domids_and_images_relative_to_the_manifest(mdi
 
 def test_specs_are_frozen(mdir):
     m = parse_manifest(domain(), mdir / "m.toml")
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         m.domains[0].memory_mib = 1  # type: ignore[misc]
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         m.domains = ()  # type: ignore[misc]
 
 
@@ -82,8 +81,8 @@ def test_image_may_be_absolute_and_is_resolved_through_symlinks(mdir):
 
 def test_limits_are_inclusive(mdir):
     lo = parse_manifest(domain(memory="2", vcpus="1"), mdir / "m.toml").domains[0]
-    hi = parse_manifest(domain(memory="16384", vcpus="32"), mdir / "m.toml").domains[0]
-    assert (lo.memory_mib, lo.vcpus, hi.memory_mib, hi.vcpus) == (2, 1, 16384, 32)
+    hi = parse_manifest(domain(memory="3072", vcpus="32"), mdir / "m.toml").domains[0]
+    assert (lo.memory_mib, lo.vcpus, hi.memory_mib, hi.vcpus) == (2, 1, 3072, 32)
 
 
 def test_args_may_pack_to_exactly_the_limit(mdir):
@@ -143,9 +142,9 @@ def test_error_survives_pickling():
         pytest.param(domain("a" * 33), "domain[0].name", "must match ^[a-z][a-z0-9_-]{0,31}$", id="name-33-chars"),
         pytest.param(domain("alice\\n"), "domain[0].name", "must match ^[a-z][a-z0-9_-]{0,31}$", id="trailing-newline"),
         pytest.param(domain(memory="1"), "domain[0].memory", "must be >= 2", id="memory-low"),
-        pytest.param(domain(memory="16385"), "domain[0].memory", "must be <= 16384", id="memory-high"),
+        pytest.param(domain(memory="3073"), "domain[0].memory", "must be <= 3072", id="memory-high"),
         pytest.param(domain(memory="-1"), "domain[0].memory", "must be >= 2", id="memory-negative"),
-        pytest.param(domain(memory=str(2**70)), "domain[0].memory", "must be <= 16384", id="memory-huge"),
+        pytest.param(domain(memory=str(2**70)), "domain[0].memory", "must be <= 3072", id="memory-huge"),
         pytest.param(domain(vcpus="0"), "domain[0].vcpus", "must be >= 1", id="vcpus-low"),
         pytest.param(domain(vcpus="33"), "domain[0].vcpus", "must be <= 32", id="vcpus-high"),
         pytest.param(domain(args='["ok", "a\\u0000b"]'), "domain[0].args[1]", "contains a NUL character", id="args-nul"),

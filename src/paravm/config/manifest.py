@@ -21,7 +21,6 @@ from __future__ import annotations
 import pathlib
 import re
 import tomllib
-from dataclasses import dataclass
 from typing import Annotated, Any, NoReturn
 
 import msgspec
@@ -38,7 +37,8 @@ __all__ = [
 
 DOMAIN_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 RESERVED_DOMAIN_NAMES = frozenset({"host"})  # the host is domain 0
-MEMORY_MIB_DEFAULT, MEMORY_MIB_MIN, MEMORY_MIB_MAX = 64, 2, 16384
+# RAM sits below the 32-bit MMIO hole (LAPIC at 0xFEE00000), hence 3 GiB at most.
+MEMORY_MIB_DEFAULT, MEMORY_MIB_MIN, MEMORY_MIB_MAX = 64, 2, 3072
 VCPUS_DEFAULT, VCPUS_MIN, VCPUS_MAX = 1, 1, 32
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
@@ -76,15 +76,14 @@ class ManifestError(Exception):
         return f"{self.file}: {self.reason}"
 
 
-@dataclass(frozen=True)
-class DomainSpec:
+class DomainSpec(msgspec.Struct, frozen=True):
     """One ``[[domain]]`` table, checked.
 
     Attributes:
         name: unique, matches `DOMAIN_NAME_PATTERN`, never ``host``.
         domid: 1, 2, ... in manifest order (domain 0 is the host).
         image: absolute, resolved path of an existing regular file (the guest ELF).
-        memory_mib: guest RAM in MiB, 2..16384.
+        memory_mib: guest RAM in MiB, 2..3072.
         vcpus: number of vCPUs, 1..32.
         args: the guest's arguments; packed size (utf-8 + NUL each) <= `ARGS_MAX_BYTES`.
     """
@@ -102,8 +101,7 @@ class DomainSpec:
         return self.memory_mib * _MiB
 
 
-@dataclass(frozen=True)
-class Manifest:
+class Manifest(msgspec.Struct, frozen=True):
     """A checked manifest.
 
     Attributes:
@@ -183,8 +181,7 @@ class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
 # Checks a schema cannot express, and the public objects.
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(msgspec.Struct, frozen=True):
     file: str  # as the caller named it, for errors
     base: pathlib.Path  # absolute directory that relative paths start from
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..arch.x86 import layout as L
 
@@ -30,16 +30,14 @@ class ImageError(Exception):
         self.path, self.reason = path, reason
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     gpa: int
     data: bytes       # filesz bytes
     memsz: int        # bytes; the rest after data is zeroed
     executable: bool
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(NamedTuple):
     path: str
     entry: int
     segments: tuple[Segment, ...]

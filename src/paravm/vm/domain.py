@@ -13,7 +13,6 @@ import enum
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 from ..arch.x86 import boot, layout as L
 from ..hypercall.table import HypercallTable
@@ -34,15 +33,23 @@ class DomainState(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass
 class DomainResult:
     """How a domain ended: ``exited`` with ``status``, ``crashed`` with a
     ``reason`` and a register ``dump`` of vCPU ``vcpu``, or ``stopped`` by the host."""
-    how: str                       # "exited" | "crashed" | "stopped"
-    status: int = 0
-    reason: str = ""
-    vcpu: int | None = None
-    dump: dict[str, int] = field(default_factory=dict)
+
+    __slots__ = ("how", "status", "reason", "vcpu", "dump")
+
+    def __init__(self, how: str, status: int = 0, reason: str = "", vcpu: int | None = None,
+                 dump: dict[str, int] | None = None) -> None:
+        self.how = how                # "exited" | "crashed" | "stopped"
+        self.status = status
+        self.reason = reason
+        self.vcpu = vcpu
+        self.dump = dump or {}
+
+    def __repr__(self) -> str:
+        return (f"DomainResult(how={self.how!r}, status={self.status}, "
+                f"reason={self.reason!r}, vcpu={self.vcpu})")
 
     @property
     def exit_code(self) -> int:
