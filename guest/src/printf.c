@@ -1,4 +1,4 @@
-/* printf family: %d %i %u %x %X %o %p %s %c %%, flags '-' '0' '+' ' ',
+/* printf family: %d %i %u %x %X %o %p %s %c %%, flags '-' '0' '+' ' ' '#',
  * width, precision, and the h/hh/l/ll/z/j/t length modifiers.
  * printf() formats into a buffer and writes it with one hypercall. */
 #include "paravm.h"
@@ -38,13 +38,14 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
             put(&o, *fmt);
             continue;
         }
-        int left = 0, plus = 0, space = 0, width = 0, prec = -1, lng = 0;
+        int left = 0, plus = 0, space = 0, alt = 0, width = 0, prec = -1, lng = 0;
         char pad = ' ';
         for (;; fmt++) {
             if (fmt[1] == '-') left = 1;
             else if (fmt[1] == '0') pad = '0';
             else if (fmt[1] == '+') plus = 1;
             else if (fmt[1] == ' ') space = 1;
+            else if (fmt[1] == '#') alt = 1;
             else break;
         }
         fmt++;
@@ -79,9 +80,11 @@ int vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
             const char *digits = *fmt == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
             if (*fmt == 'p') u = (unsigned long long)(uintptr_t)va_arg(ap, void *);
             else u = lng ? va_arg(ap, unsigned long long) : va_arg(ap, unsigned);
+            unsigned long long u0 = u;
             do { *--p = digits[u % base]; u /= base; } while (u);
             put_padded(&o, p, (size_t)(tmp + sizeof(tmp) - p), width, left, pad,
-                       *fmt == 'p' ? "0x" : "");
+                       *fmt == 'p' || (alt && *fmt == 'x' && u0) ? "0x"
+                       : (alt && *fmt == 'X' && u0) ? "0X" : (alt && *fmt == 'o' && u0) ? "0" : "");
             break;
         }
         case 's': {

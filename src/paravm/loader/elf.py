@@ -19,6 +19,7 @@ from typing import NamedTuple
 from ..arch.x86 import layout as L
 
 PT_LOAD = "PT_LOAD"
+SHF_COMPRESSED = 0x800
 PF_X = 1
 
 
@@ -70,7 +71,8 @@ def read_image(path: str | os.PathLike, ram_size: int, nr_vcpus: int) -> Image:
         except ImageError:
             raise
         except (ELFError, struct.error, ValueError, OSError, KeyError, IndexError,
-                AttributeError, TypeError) as e:
+                AttributeError, TypeError, OverflowError, MemoryError, EOFError,
+                ArithmeticError) as e:
             raise ImageError(path, f"not a valid ELF file ({e})") from None
 
 
@@ -127,9 +129,23 @@ def _image_vectors(path: str, elf, segments) -> int | None:
     sec = elf.get_section_by_name(L.IMAGE_SECTION)
     if sec is None:
         return None
-    data = sec.data()
-    if len(data) < 16:
-        raise ImageError(path, f"{L.IMAGE_SECTION}: {len(data)} bytes, need 16")
+    # Check the header's claims, then read the 16 bytes we need from the loaded
+    # segment that holds the section, never sec.data() (a hostile header could
+    # claim any size, or compression).
+    if sec["sh_flags"] & SHF_COMPRESSED:
+        raise ImageError(path, f"{L.IMAGE_SECTION}: compressed, must be plain")
+    if not 16 <= sec["sh_size"] <= 4096:
+        raise ImageError(path, f"{L.IMAGE_SECTION}: size {sec['sh_size']:#x}, expected "
+                               "16..4096 bytes (struct pv_image_header)")
+    addr = sec["sh_addr"]
+    data = None
+    for s in segments:
+        if s.gpa <= addr and addr + 16 <= s.gpa + len(s.data):
+            data = s.data[addr - s.gpa:addr - s.gpa + 16]
+            break
+    if data is None:
+        raise ImageError(path, f"{L.IMAGE_SECTION}: address {addr:#x} is not inside the "
+                               "file part of a loaded segment")
     magic, version, vectors = struct.unpack_from("<IIQ", data)
     if magic != L.IMAGE_MAGIC:
         raise ImageError(path, f"{L.IMAGE_SECTION}: bad magic {magic:#x}")

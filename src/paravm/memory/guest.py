@@ -108,7 +108,7 @@ class GuestMemory:
         if i >= 0:
             r = regions[i]
             off = gpa - r.gpa
-            if off < r.size and length <= r.size - off:
+            if off <= r.size and length <= r.size - off:
                 return r, off
         raise GuestMemoryError(gpa, length)
 
@@ -134,9 +134,7 @@ class GuestMemory:
     def write(self, gpa: int, data) -> None:
         """Copy *data* (bytes-like) to *gpa*."""
         mv = memoryview(data).cast("B")
-        r, off = self.check_range(gpa, mv.nbytes)
-        if r.readonly:
-            raise GuestMemoryError(gpa, mv.nbytes, "is read-only")
+        r, off = self._writable(gpa, mv.nbytes)
         r.view[off:off + mv.nbytes] = mv
 
     def view(self, gpa: int, length: int) -> memoryview:
@@ -145,8 +143,14 @@ class GuestMemory:
         r, off = self.check_range(gpa, length)
         return r.view[off:off + length]
 
-    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+    def _writable(self, gpa: int, length: int) -> tuple[Region, int]:
         r, off = self.check_range(gpa, length)
+        if r.readonly:
+            raise GuestMemoryError(gpa, length, "is read-only")
+        return r, off
+
+    def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        r, off = self._writable(gpa, length)
         r.view[off:off + length] = bytes([byte]) * length if length < PAGE_SIZE * 16 \
             else memoryview(bytearray([byte]) * length)
 
@@ -159,11 +163,11 @@ class GuestMemory:
         return _U64.unpack_from(r.view, off)[0]
 
     def write_u32(self, gpa: int, value: int) -> None:
-        r, off = self.check_range(gpa, 4)
+        r, off = self._writable(gpa, 4)
         _U32.pack_into(r.view, off, value)
 
     def write_u64(self, gpa: int, value: int) -> None:
-        r, off = self.check_range(gpa, 8)
+        r, off = self._writable(gpa, 8)
         _U64.pack_into(r.view, off, value)
 
     def read_cstr(self, gpa: int, max_len: int) -> bytes:

@@ -54,7 +54,8 @@ class DomainResult:
     @property
     def exit_code(self) -> int:
         if self.how == "exited":
-            return self.status & 0xFF
+            # A process exit code has 8 bits; a non-zero status never becomes 0.
+            return (self.status & 0xFF) or (1 if self.status else 0)
         return CRASH_EXIT_CODE if self.how == "crashed" else 0
 
     def describe(self) -> str:

@@ -80,6 +80,8 @@ class KvmVcpu(VcpuBackend):
         base = abi.RUN_SYNC_REGS
         self.regs = vcpu.run_u8[base:base + 18 * 8].cast("Q")
         self._mmio_data = vcpu.run_u8[_MMIO_DATA:_MMIO_DATA + 8]
+        # One view per access width, made once (no view per exit; all released in close()).
+        self._mmio_views = [self._mmio_data[:n] for n in range(9)]
         self._io_views: dict[tuple[int, int], memoryview] = {}
         self._dirty_index = abi.RUN_DIRTY_REGS // 8
         self._fd = vcpu.fd
@@ -124,7 +126,7 @@ class KvmVcpu(VcpuBackend):
                 self.detail = f"MMIO access of {size} bytes"
                 return EXIT_UNKNOWN
             self.size = size
-            self.data = self._mmio_data[:size] if size != 8 else self._mmio_data
+            self.data = self._mmio_views[size]
             return EXIT_MMIO_WRITE if self._u8[_MMIO_IS_WRITE] else EXIT_MMIO_READ
         kind = _SIMPLE.get(reason, EXIT_UNKNOWN)
         if kind == EXIT_INTERNAL_ERROR:
@@ -174,6 +176,9 @@ class KvmVcpu(VcpuBackend):
 
     def close(self) -> None:
         self.regs.release()
+        self.data = None
+        for v in self._mmio_views:
+            v.release()
         self._mmio_data.release()
         for v in self._io_views.values():
             v.release()
