@@ -9,7 +9,7 @@ __all__ = ["Hypervisor", "Domain", "DomainResult", "__version__"]
 
 def __getattr__(name):
     if name == "Hypervisor":
-        from .vm.hypervisor import Hypervisor
+        from .hypervisor import Hypervisor
         return Hypervisor
     if name in ("Domain", "DomainResult"):
         from .vm import domain

@@ -256,7 +256,7 @@ def test_cli_stats(guests, tmp_path):
     err = p.stderr
     assert "stats a:" in err
     total = int(re.search(r"^  exits: (\d+)$", err, re.M)[1])
-    io_out = int(re.search(r"^    IO_OUT\s+(\d+)\s", err, re.M)[1])
+    io_out = int(re.search(r"^    HYPERCALL\s+(\d+)\s", err, re.M)[1])
     calls = {m[1]: int(m[2]) for m in re.finditer(r"hypercall (\w+)\s+(\d+)$", err, re.M)}
     # good 0 1: 3 lines, 1 boot mark, 1 exit; clock_ns >= 2 (one 50 ms tick)
     assert calls["console_write"] == 3 and calls["exit"] == 1 and calls["boot_mark"] == 1

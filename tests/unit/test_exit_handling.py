@@ -16,7 +16,7 @@ from paravm.hypercall import abi as hc
 from paravm.hypercall.table import HypercallError
 from paravm.loader import Image, Segment
 from paravm.memory import GuestMemoryError, MachineMemory
-from paravm.vm.backend import (EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_INTR,
+from paravm.vm.backend import (EXIT_HYPERCALL, EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_INTR,
                                EXIT_IO_IN, EXIT_IO_OUT, EXIT_MMIO_READ, EXIT_MMIO_WRITE,
                                EXIT_SHUTDOWN, EXIT_SYSTEM_EVENT, EXIT_UNKNOWN, R8, R9, R10,
                                RAX, RDI, RDX, RIP, RSI, VcpuBackend, VmBackend)
@@ -43,6 +43,8 @@ class FakeVcpu(VcpuBackend):
         self.script: list = []
         self.ran = 0
         self.dirty = 0
+        self.dirty_flag = memoryview(array("Q", [0]))
+        self.dirty_value = 1
         self.kicked = threading.Event()
         self.clear_kicks = 0
         self.closed = False
@@ -617,3 +619,30 @@ def test_destroy_releases_the_backends(make_domain):
     assert vm.closed and not vm.slots
     assert all(v.closed for v in vm.vcpus)
     assert dom.memory.regions == ()
+
+
+def fast_hcall(nr, *args):
+    """A hypercall as the KVM backend reports it: EXIT_HYPERCALL, registers synced."""
+    def step(be):
+        be.regs[RAX] = nr
+        for reg, a in zip((RDI, RSI, RDX, R10, R8, R9), args):
+            be.regs[reg] = a
+        return EXIT_HYPERCALL
+    return step
+
+
+def test_fast_path_hypercall_writes_rax_and_marks_the_registers_dirty(make_domain):
+    dom = make_domain()
+    seen = {}
+
+    def look(be):
+        seen.update(rax=be.regs[RAX], flag=be.dirty_flag[0])
+        be.dirty_flag[0] = 0
+
+    r = run(dom, [fast_hcall(hc.HC_NOP), observe(look), fast_hcall(62), observe(look),
+                  fast_hcall(hc.HC_CONSOLE_WRITE, 1 << 63, 4), observe(look),
+                  fast_hcall(hc.HC_EXIT, 3)])
+    assert (r.how, r.status) == ("exited", 3)
+    assert seen["flag"] == 1
+    assert seen["rax"] == (-hc.EFAULT) & ((1 << 64) - 1)
+    assert dom.stats()["exits"]["HYPERCALL"] == 4

@@ -54,7 +54,7 @@ def cmd_run(args, t_process: int) -> int:
     if args.timeout is not None and args.timeout <= 0:
         _err("--timeout must be > 0")
         return EXIT_USAGE
-    from ..vm.hypervisor import Hypervisor
+    from ..hypervisor import Hypervisor
     try:
         hv = Hypervisor(timing=args.stats)
     except KvmUnavailable as e:

@@ -12,10 +12,14 @@ per exit):
 * ``EXIT_SHUTDOWN`` (triple fault), ``EXIT_FAIL_ENTRY``, ``EXIT_INTERNAL_ERROR``,
   ``EXIT_UNKNOWN``: ``detail`` (a string)
 * ``EXIT_INTR``: interrupted by :meth:`VcpuBackend.kick`; ``EXIT_HLT``.
+* ``EXIT_HYPERCALL`` / ``EXIT_HYPERCALL_BLOCK``: a ``outl`` to the hypercall
+  ports, recognised before any other decoding (the hot path); the number and
+  arguments (or the block's GPA in rax) are in ``regs``.
 
 ``regs`` is a writable array of the 18 GPRs in ``kvm_regs`` order (rax, rbx,
 rcx, rdx, rsi, rdi, rsp, rbp, r8..r15, rip, rflags), current at every I/O exit;
-after changing it call :meth:`VcpuBackend.regs_dirty`.
+after changing it call :meth:`VcpuBackend.regs_dirty`, or (the hot path) store
+``dirty_value`` into ``dirty_flag[0]``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ EXIT_FAIL_ENTRY = 7
 EXIT_INTERNAL_ERROR = 8
 EXIT_SYSTEM_EVENT = 9
 EXIT_UNKNOWN = 10
+EXIT_HYPERCALL = 11        # register form: a 4-byte OUT to HC_PORT, registers synced
+EXIT_HYPERCALL_BLOCK = 12  # block form: a 4-byte OUT to HC_BLOCK_PORT, rax = block GPA
 EXIT_KINDS = ("IO_OUT", "IO_IN", "MMIO_WRITE", "MMIO_READ", "HLT", "INTR", "SHUTDOWN",
-              "FAIL_ENTRY", "INTERNAL_ERROR", "SYSTEM_EVENT", "UNKNOWN")
+              "FAIL_ENTRY", "INTERNAL_ERROR", "SYSTEM_EVENT", "UNKNOWN", "HYPERCALL",
+              "HYPERCALL_BLOCK")
 
 REG_NAMES = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10",
              "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
@@ -50,6 +57,8 @@ class VcpuBackend(ABC):
     data: memoryview
     detail: str
     regs: memoryview
+    dirty_flag: memoryview   # one u64: store dirty_value in it to mark regs dirty
+    dirty_value: int
 
     @abstractmethod
     def run(self) -> int: ...

@@ -88,6 +88,10 @@ class Domain:
         self.pio_bus = Bus("PIO", 1 << 16)
         self.mmio_bus = Bus("MMIO", 1 << 64)
         self.console = Console(name, sink)
+        from ..hypercall.abi import HC_BLOCK_PORT, HC_PORT
+        # The hypercall ports are decoded by the run loop; reserving them on the
+        # bus makes a device that claims them fail at registration.
+        self.pio_bus.insert(HC_PORT, HC_BLOCK_PORT - HC_PORT + 1, _Reserved(), "hypercall")
         self.boot_marks: dict[int, int] = {}
         self.memory = GuestMemory()
         self.vcpus: list[VcpuRunner] = []
@@ -266,6 +270,15 @@ class Domain:
             "hypercalls": {k: v for k, v in hcs.items() if v},
             "boot_ms": boot_ms,
         }
+
+
+class _Reserved:
+    """Placeholder for ranges the run loop decodes itself."""
+
+    def read(self, offset: int, data: memoryview) -> None:
+        raise AssertionError("reserved range reached the bus")
+
+    write = read
 
 
 class Irqfd:

@@ -32,10 +32,10 @@ from ..arch.x86.boot import ERROR_CODE_VECTORS, EXCEPTION_NAMES
 from ..hypercall import abi as hc
 from ..hypercall.table import HypercallError
 from ..memory import GuestMemoryError
-from .backend import (EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_INTR, EXIT_IO_IN,
-                      EXIT_IO_OUT, EXIT_KINDS, EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SHUTDOWN,
-                      EXIT_SYSTEM_EVENT, EXIT_UNKNOWN, R8, R9, R10, RAX, RDI, RDX, RSI,
-                      VcpuBackend)
+from .backend import (EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_HYPERCALL, EXIT_HYPERCALL_BLOCK,
+                      EXIT_INTERNAL_ERROR, EXIT_INTR, EXIT_IO_IN, EXIT_IO_OUT, EXIT_KINDS,
+                      EXIT_MMIO_READ, EXIT_MMIO_WRITE, EXIT_SHUTDOWN, EXIT_SYSTEM_EVENT,
+                      EXIT_UNKNOWN, R8, R9, R10, RAX, RDI, RDX, RSI, VcpuBackend)
 
 MASK64 = (1 << 64) - 1
 
@@ -136,42 +136,77 @@ class VcpuRunner:
         be = self.backend
         run = be.run
         regs = be.regs
-        table = self.domain.hypercalls
-        handlers = table.handlers
+        dirty, DIRTY = be.dirty_flag, be.dirty_value
+        dom = self.domain
+        handlers = dom.hypercalls.handlers
         counts = self.exit_counts
         hcounts = self.hypercall_counts
         timing = self.timing
         exit_ns = self.exit_ns
         perf = time.perf_counter_ns
-        HC_PORT, HC_MAX = hc.HC_PORT, hc.HC_MAX
+        HC_MAX, ENOSYS, EFAULT = hc.HC_MAX, -hc.ENOSYS, -hc.EFAULT
+        # The block form reads its 64-byte block straight from RAM (region 0 at
+        # GPA 0) when it lies there; anywhere else goes through GuestMemory.
+        ram = dom.memory.regions[0]
+        ram_view, ram_size = ram.view, ram.size
+        unpack_block, pack_ret = _BLOCK_ARGS.unpack_from, _RET.pack_into
+        if self._stop:
+            return
         while True:
-            if self._stop:
-                return
-            if self._pause:
-                self._park()
-                continue
             kind = run()
             if timing:
                 t0 = perf()
             counts[kind] += 1
-            if kind == EXIT_IO_OUT and be.port == HC_PORT:
+            if kind == EXIT_HYPERCALL:
+                # The hot path: number and arguments from the synced registers.
                 nr = regs[RAX] & 0xFFFFFFFF
                 fn = handlers[nr] if nr < HC_MAX else None
                 if fn is None:
-                    ret = -hc.ENOSYS
+                    ret = ENOSYS
                 else:
                     hcounts[nr] += 1
                     try:
                         ret = fn(self, regs[RDI], regs[RSI], regs[RDX], regs[R10], regs[R8],
                                  regs[R9])
                     except GuestMemoryError:
-                        ret = -hc.EFAULT
+                        ret = EFAULT
                     except HypercallError as e:
                         ret = -e.errno
                     if ret is None:
                         return
                 regs[RAX] = ret & MASK64
-                be.regs_dirty()
+                dirty[0] = DIRTY
+            elif kind == EXIT_HYPERCALL_BLOCK:
+                gpa = regs[RAX] & 0xFFFFFFFF
+                if gpa + HC_BLOCK_SIZE <= ram_size:
+                    # One copy of the block into locals, then validation: no TOCTOU.
+                    nr, a0, a1, a2, a3, a4, a5 = unpack_block(ram_view, gpa)
+                    fn = handlers[nr] if nr < HC_MAX else None
+                    if fn is None:
+                        ret = ENOSYS
+                    else:
+                        hcounts[nr] += 1
+                        try:
+                            ret = fn(self, a0, a1, a2, a3, a4, a5)
+                        except GuestMemoryError:
+                            ret = EFAULT
+                        except HypercallError as e:
+                            ret = -e.errno
+                        if ret is None:
+                            return
+                    pack_ret(ram_view, gpa + 56, ret & MASK64)
+                elif not _block_hypercall(self, gpa):
+                    return
+            elif kind == EXIT_INTR:
+                # Clear first, then look at the flags: a request made after the
+                # look re-arms immediate_exit, so it cannot be lost.
+                be.clear_kick()
+                if self._stop:
+                    return
+                if self._pause:
+                    self._park()
+                    if self._stop:
+                        return
             elif not handle_exit(self, kind):
                 return
             if timing:
@@ -186,10 +221,15 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
     if kind == EXIT_INTR:
         be.clear_kick()
         return True
+    if kind == EXIT_HYPERCALL_BLOCK:
+        return _block_hypercall(runner, be.regs[RAX] & 0xFFFFFFFF)
+    if kind == EXIT_HYPERCALL or (kind == EXIT_IO_OUT and be.port == hc.HC_PORT):
+        # A backend without the fast path reports hypercalls as plain OUTs.
+        return _register_hypercall(runner)
     if kind == EXIT_IO_OUT or kind == EXIT_IO_IN:
         port, data = be.port, be.data
         if port == hc.HC_BLOCK_PORT and kind == EXIT_IO_OUT:
-            return _block_hypercall(runner, data)
+            return _block_hypercall(runner, int.from_bytes(data, "little"))
         hit = dom.pio_bus.lookup(port)
         if hit is None:
             raise GuestStop(f"unknown I/O port {port:#x} ({'write' if kind == EXIT_IO_OUT else 'read'}"
@@ -216,12 +256,38 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
 
 
 _BLOCK = struct.Struct("<Q6Qq")
+_BLOCK_ARGS = struct.Struct("<7Q")   # nr, args[6]
+_RET = struct.Struct("<Q")
+HC_BLOCK_SIZE = hc.HC_BLOCK_SIZE
 
 
-def _block_hypercall(runner: VcpuRunner, data: memoryview) -> bool:
-    """The argument-block form: eax = GPA of struct pv_hcall_block."""
+def _register_hypercall(runner: VcpuRunner) -> bool:
+    """The register form, general path (the run loop inlines the same steps)."""
+    be = runner.backend
+    regs = be.regs
+    nr = regs[RAX] & 0xFFFFFFFF
+    fn = runner.domain.hypercalls.handlers[nr] if nr < hc.HC_MAX else None
+    if fn is None:
+        ret = -hc.ENOSYS
+    else:
+        runner.hypercall_counts[nr] += 1
+        try:
+            ret = fn(runner, regs[RDI], regs[RSI], regs[RDX], regs[R10], regs[R8], regs[R9])
+        except GuestMemoryError:
+            ret = -hc.EFAULT
+        except HypercallError as e:
+            ret = -e.errno
+        if ret is None:
+            return False
+    regs[RAX] = ret & MASK64
+    be.regs_dirty()
+    return True
+
+
+def _block_hypercall(runner: VcpuRunner, gpa: int) -> bool:
+    """The argument-block form: eax = GPA of struct pv_hcall_block (the slow,
+    general path: any region)."""
     mem = runner.domain.memory
-    gpa = int.from_bytes(data, "little")
     try:
         nr, *args, _ = _BLOCK.unpack(mem.read(gpa, hc.HC_BLOCK_SIZE))
     except GuestMemoryError:

@@ -1,5 +1,8 @@
 """paravm.Hypervisor: create, start, wait for and destroy domains.
 
+It sits above every layer (it composes the VM layer, devices and, later, the
+services), so it is a top-level module rather than part of ``paravm.vm``.
+
 The hypervisor owns /dev/kvm, the machine memory and every domain; as a
 context manager it releases all of them (fds, mappings, memslots, threads).
 It is the Python API the CLI, tests and scripts use::
@@ -16,11 +19,11 @@ import os
 import threading
 import time
 
-from ..arch.x86 import layout as L
-from ..loader import read_image
-from ..memory import MachineMemory
-from .console import Sink, stdout_sink
-from .domain import Domain, DomainResult
+from .arch.x86 import layout as L
+from .loader import read_image
+from .memory import MachineMemory
+from .vm.console import Sink, stdout_sink
+from .vm.domain import Domain, DomainResult
 
 _UNSET = object()
 
@@ -32,7 +35,7 @@ class Hypervisor:
 
     def __init__(self, *, output: Sink | None = _UNSET, kvm_path: str = "/dev/kvm",
                  timing: bool = False) -> None:
-        from .kvm_backend import install_kick_handler, open_kvm
+        from .vm.kvm_backend import install_kick_handler, open_kvm
         install_kick_handler()
         self.kvm = open_kvm(kvm_path)
         self.machine = MachineMemory()
@@ -51,7 +54,7 @@ class Hypervisor:
         """Load *image* into a new domain (not started).  Raises
         :class:`paravm.loader.ImageError` for a bad image, ``ValueError`` for bad
         parameters, ``OSError``/``KvmError`` if the kernel refuses."""
-        from .kvm_backend import KvmVm
+        from .vm.kvm_backend import KvmVm
         if self._closed:
             raise RuntimeError("hypervisor is closed")
         if name in self.domains:
@@ -75,8 +78,14 @@ class Hypervisor:
         except BaseException:
             vm.close()
             raise
+        self._add_devices(dom)
         self.domains[name] = dom
         return dom
+
+    def _add_devices(self, dom: Domain) -> None:
+        """The devices every domain has."""
+        from .devices.debugcon import DEBUGCON_PORT, DebugCon
+        dom.pio_bus.insert(DEBUGCON_PORT, 1, DebugCon(dom.console), "debugcon")
 
     def _image(self, path, memory_bytes: int, vcpus: int):
         """Read (or reuse) a checked image.  Parsing with pyelftools costs ~3 ms;
