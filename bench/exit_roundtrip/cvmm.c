@@ -225,8 +225,12 @@ int main(int argc, char **argv)
     for (;;) {
         xioctl(vcpu, KVM_RUN, 0, "KVM_RUN");
         if (run->exit_reason != KVM_EXIT_IO) {
-            fprintf(stderr, "cvmm: unexpected exit reason %u after %lu exits\n",
-                    run->exit_reason, (unsigned long)exits);
+            unsigned r = run->exit_reason;
+            fprintf(stderr, "cvmm: unexpected exit reason %u%s after %lu exits\n", r,
+                    r == KVM_EXIT_SHUTDOWN ? " (shutdown: triple fault)" :
+                    r == KVM_EXIT_FAIL_ENTRY ? " (entry failed)" :
+                    r == KVM_EXIT_INTERNAL_ERROR ? " (internal error)" : "",
+                    (unsigned long)exits);
             return 1;
         }
         if (run->io.port == STOP_PORT)

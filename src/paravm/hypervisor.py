@@ -31,10 +31,12 @@ _UNSET = object()
 class Hypervisor:
     """*output*: ``fn(domain_name, line)`` for console lines (default: stdout
     with a ``name|`` prefix; ``None`` to only capture).  *timing*: measure time
-    per exit reason (for ``--stats``)."""
+    per exit reason (for ``--stats``).  *pin_vcpus*: pin each vCPU thread to one
+    host CPU, round robin over the CPUs this process may use (exits are ~10%
+    cheaper on this machine when the thread does not move)."""
 
     def __init__(self, *, output: Sink | None = _UNSET, kvm_path: str = "/dev/kvm",
-                 timing: bool = False) -> None:
+                 timing: bool = False, pin_vcpus: bool = True) -> None:
         from .vm.kvm_backend import install_kick_handler, open_kvm
         install_kick_handler()
         self.kvm = open_kvm(kvm_path)
@@ -43,6 +45,8 @@ class Hypervisor:
         self.timing = timing
         self.domains: dict[str, Domain] = {}
         self._next_domid = 1
+        self._cpus = sorted(os.sched_getaffinity(0)) if pin_vcpus else []
+        self._next_cpu = 0
         self._images: dict[tuple, object] = {}
         self._cond = threading.Condition()
         self._closed = False
@@ -70,11 +74,16 @@ class Hypervisor:
         if domid is None:
             domid = self._next_domid
         self._next_domid = max(self._next_domid, domid + 1)
+        cpus = None
+        if self._cpus:
+            cpus = [self._cpus[(self._next_cpu + i) % len(self._cpus)] for i in range(vcpus)]
+            self._next_cpu = (self._next_cpu + vcpus) % len(self._cpus)
         vm = KvmVm(self.kvm)
         try:
             dom = Domain(name=name, domid=domid, image=img, memory_bytes=memory_bytes,
                          nr_vcpus=vcpus, args=tuple(args), vm=vm, machine=self.machine,
-                         sink=self.output, timing=self.timing, on_stop=self._domain_stopped)
+                         sink=self.output, timing=self.timing, on_stop=self._domain_stopped,
+                         cpus=cpus)
         except BaseException:
             vm.close()
             raise

@@ -75,7 +75,7 @@ class Domain:
     def __init__(self, *, name: str, domid: int, image: Image, memory_bytes: int,
                  nr_vcpus: int, args: tuple[str, ...], vm: VmBackend,
                  machine: MachineMemory, sink: Sink | None, timing: bool = False,
-                 on_stop=None) -> None:
+                 on_stop=None, cpus: list[int] | None = None) -> None:
         self.name, self.domid, self.image = name, domid, image
         self.nr_vcpus, self.args = nr_vcpus, args
         self.t_create_ns = time.perf_counter_ns()
@@ -103,12 +103,12 @@ class Domain:
         self.t_start_ns: int | None = None
         self.t_stop_ns: int | None = None
         try:
-            self._build(memory_bytes, timing)
+            self._build(memory_bytes, timing, cpus)
         except BaseException:
             self.destroy()
             raise
 
-    def _build(self, memory_bytes: int, timing: bool) -> None:
+    def _build(self, memory_bytes: int, timing: bool, cpus: list[int] | None) -> None:
         ram = self.machine.alloc(memory_bytes // PAGE_SIZE, f"{self.name}.ram")
         self._closers.append(lambda: self.machine.free(ram))
         self.ram = ram
@@ -124,7 +124,8 @@ class Domain:
         for i in range(self.nr_vcpus):
             be = self.vm.create_vcpu(i, entry=self.image.entry, ram_size=ram.size,
                                      idt_limit=idt_limit)
-            self.vcpus.append(VcpuRunner(self, be, timing=timing))
+            self.vcpus.append(VcpuRunner(self, be, timing=timing,
+                                         cpu=cpus[i] if cpus else None))
         boot.write_boot_info(mem, domid=self.domid, name=self.name, nr_vcpus=self.nr_vcpus,
                              ram_size=ram.size, heap_start=self.image.end,
                              tsc_khz=self.vm.tsc_khz(), args=self.args)
