@@ -81,6 +81,11 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "port_in")) {
         uint8_t v;
         __asm__ volatile("inb %%dx, %%al" : "=a"(v) : "d"(UNKNOWN_PORT + 1));
+    } else if (!strcmp(mode, "hc_in")) {
+        uint32_t v;
+        __asm__ volatile("inl $0xe0, %%eax" : "=a"(v));
+    } else if (!strcmp(mode, "hc_outb")) {
+        __asm__ volatile("outb %%al, $0xe1" : : "a"(1));
     } else if (!strcmp(mode, "mmio")) {
         (void)*(volatile uint32_t *)HOLE_GPA;
     } else if (!strcmp(mode, "mmio_write")) {

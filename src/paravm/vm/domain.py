@@ -15,6 +15,7 @@ import threading
 import time
 
 from ..arch.x86 import boot, layout as L
+from ..hypercall.abi import HC_PORT
 from ..hypercall.table import HypercallTable
 from ..loader import Image
 from ..memory import GuestMemory, MachineMemory, PAGE_SIZE, Region
@@ -22,7 +23,7 @@ from .backend import VmBackend
 from .bus import Bus
 from .console import Console, Sink
 from .corecalls import register_core_calls
-from .vcpu import VcpuRunner, VcpuState, format_dump
+from .vcpu import GuestStop, VcpuRunner, VcpuState, format_dump
 
 CRASH_EXIT_CODE = 70   # sysexits EX_SOFTWARE: what `paravm run` reports for a crash
 
@@ -274,12 +275,16 @@ class Domain:
 
 
 class _Reserved:
-    """Placeholder for ranges the run loop decodes itself."""
+    """The hypercall ports: the run loop decodes 4-byte OUTs to them itself;
+    any other access (IN, or another width) is a guest error."""
 
     def read(self, offset: int, data: memoryview) -> None:
-        raise AssertionError("reserved range reached the bus")
+        raise GuestStop(f"{len(data)}-byte read of hypercall port {HC_PORT + offset:#x} "
+                        "(hypercalls are 4-byte OUTs)")
 
-    write = read
+    def write(self, offset: int, data: memoryview) -> None:
+        raise GuestStop(f"{len(data)}-byte write to hypercall port {HC_PORT + offset:#x} "
+                        "(hypercalls are 4-byte OUTs)")
 
 
 class Irqfd:

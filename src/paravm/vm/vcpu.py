@@ -233,12 +233,13 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
         return True
     if kind == EXIT_HYPERCALL_BLOCK:
         return _block_hypercall(runner, be.regs[RAX] & 0xFFFFFFFF)
-    if kind == EXIT_HYPERCALL or (kind == EXIT_IO_OUT and be.port == hc.HC_PORT):
+    if kind == EXIT_HYPERCALL or (kind == EXIT_IO_OUT and be.port == hc.HC_PORT
+                                  and be.size == 4):
         # A backend without the fast path reports hypercalls as plain OUTs.
         return _register_hypercall(runner)
     if kind == EXIT_IO_OUT or kind == EXIT_IO_IN:
         port, data = be.port, be.data
-        if port == hc.HC_BLOCK_PORT and kind == EXIT_IO_OUT:
+        if port == hc.HC_BLOCK_PORT and kind == EXIT_IO_OUT and be.size == 4:
             return _block_hypercall(runner, int.from_bytes(data, "little"))
         hit = dom.pio_bus.lookup(port)
         if hit is None:
