@@ -71,9 +71,12 @@ def cmd_run(args, t_process: int) -> int:
         except (KvmError, OSError, ValueError, MemoryError) as e:
             _err(f"{args.manifest}: cannot create domain: {e}")
             return EXIT_USAGE
-        hv.start_all()
+        except KeyboardInterrupt:
+            _err("interrupted while creating domains")
+            return EXIT_INTERRUPTED
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         try:
+            hv.start_all()
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -84,8 +87,7 @@ def cmd_run(args, t_process: int) -> int:
         except KeyboardInterrupt:
             interrupted = True
         if timed_out or interrupted:
-            hv.stop_all("timeout" if timed_out else "interrupted")
-            hv.wait_all(10)
+            _stop_quietly(hv, "timeout" if timed_out else "interrupted")
         results = {name: d.result for name, d in hv.domains.items()}
         for name, res in results.items():
             if res is not None and res.how == "crashed":
@@ -108,6 +110,18 @@ def cmd_run(args, t_process: int) -> int:
             hv.close()
         except RuntimeError as e:
             _err(str(e))
+
+
+def _stop_quietly(hv, reason: str) -> None:
+    """Stop every domain and wait for them; a second Ctrl-C here is ignored
+    (the domains are already stopping)."""
+    import signal
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        hv.stop_all(reason)
+        hv.wait_all(10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_stats(hv, t_process: int) -> None:

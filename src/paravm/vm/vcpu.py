@@ -78,19 +78,30 @@ class VcpuRunner:
         self.thread: threading.Thread | None = None
 
     # --- control (any thread) -----------------------------------------------
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the thread; False if the vCPU was stopped before it ran."""
         with self._lock:
+            if self.state is VcpuState.STOPPED and self.thread is None:
+                return False
             if self.state is not VcpuState.CREATED:
                 raise RuntimeError(f"vCPU {self.index} is {self.state.value}, not created")
             self.state = VcpuState.RUNNING
         self.thread = threading.Thread(target=self._main, daemon=True,
                                        name=f"{self.domain.name}/vcpu{self.index}")
         self.thread.start()
+        return True
 
     def request_stop(self) -> None:
         self._stop = True
         self._resume.set()
-        self.backend.kick()
+        with self._lock:
+            never_ran = self.state is VcpuState.CREATED
+            if never_ran:
+                self.state = VcpuState.STOPPED
+        if never_ran:
+            self.domain._vcpu_stopped(self)
+        else:
+            self.backend.kick()
 
     def pause(self, timeout: float | None = 5.0) -> bool:
         """Pause and wait until the thread is parked; False if it did not in time."""
