@@ -22,6 +22,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_cache_dir(tmp_path_factory):
+    """Keep the image cache (paravm.loader.cache) of the whole run, child
+    processes included, in a fresh directory instead of ~/.cache."""
+    old = os.environ.get("PARAVM_CACHE_DIR")
+    os.environ["PARAVM_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PARAVM_CACHE_DIR", None)
+    else:
+        os.environ["PARAVM_CACHE_DIR"] = old
 GUESTS_DIR = REPO / "tests" / "guests"
 HELLO_ELF = REPO / "examples" / "hello" / "hello.elf"
 
