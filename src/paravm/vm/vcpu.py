@@ -27,7 +27,6 @@ import os
 import struct
 import threading
 import time
-import traceback
 
 from ..arch.x86.boot import ERROR_CODE_VECTORS, EXCEPTION_NAMES
 from ..hypercall import abi as hc
@@ -137,6 +136,7 @@ class VcpuRunner:
         except GuestStop as e:
             self.domain.crash(e.reason, self.index, e.dump if e.dump is not None else be.dump())
         except BaseException as e:  # noqa: BLE001 - nothing may escape the loop
+            import traceback
             tb = "".join(traceback.format_exception_only(type(e), e)).strip()
             self.domain.crash(f"internal error in the VMM while running vCPU {self.index}: "
                               f"{tb}", self.index, be.dump())
