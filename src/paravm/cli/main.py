@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="stop every domain after this long (exit status 124)")
     run.add_argument("--stats", action="store_true",
                      help="print exit counts, time per exit reason and boot times")
+    run.add_argument("--kvm", default="/dev/kvm", metavar="DEVICE",
+                     help="the KVM device (default /dev/kvm)")
     sub.add_parser("version", help="print the version", formatter_class=_formatter)
     args = parser.parse_args(argv)
     if args.command == "version":
@@ -69,7 +71,7 @@ def cmd_run(args, t_process: int) -> int:
         return EXIT_USAGE
     from ..hypervisor import Hypervisor
     try:
-        hv = Hypervisor(timing=args.stats)
+        hv = Hypervisor(timing=args.stats, kvm_path=args.kvm)
     except KvmUnavailable as e:
         _err(str(e))
         return EXIT_USAGE

@@ -82,16 +82,27 @@ class Kvm:
                 "(or run as root)") from None
         except OSError as e:
             raise KvmUnavailable(f"{path}: {e.strerror}") from None
-        version = fcntl.ioctl(self.fd, abi.KVM_GET_API_VERSION, 0)
-        if version != abi.KVM_API_VERSION:
+        try:
+            version = fcntl.ioctl(self.fd, abi.KVM_GET_API_VERSION, 0)
+            if version != abi.KVM_API_VERSION:
+                raise KvmUnavailable(f"{path}: KVM API version {version}, paravm needs "
+                                     f"{abi.KVM_API_VERSION}: upgrade the kernel")
+            self.vcpu_mmap_size = fcntl.ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+        except OSError as e:
             os.close(self.fd)
-            raise KvmUnavailable(f"{path}: KVM API version {version}, paravm needs "
-                                 f"{abi.KVM_API_VERSION}: upgrade the kernel")
-        self.vcpu_mmap_size = fcntl.ioctl(self.fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0)
+            raise KvmUnavailable(f"{path} is not a KVM device ({e.strerror}): "
+                                 "point paravm at /dev/kvm") from None
+        except KvmUnavailable:
+            os.close(self.fd)
+            raise
         self._cpuid: abi.kvm_cpuid2 | None = None
 
     def check_extension(self, cap: int) -> int:
-        return fcntl.ioctl(self.fd, abi.KVM_CHECK_EXTENSION, cap)
+        """The capability's value (0 = absent; an error also counts as absent)."""
+        try:
+            return fcntl.ioctl(self.fd, abi.KVM_CHECK_EXTENSION, cap)
+        except OSError:
+            return 0
 
     def require_capabilities(self) -> None:
         """Raise :class:`KvmUnavailable` naming the first missing capability."""
