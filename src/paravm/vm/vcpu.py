@@ -171,6 +171,7 @@ class VcpuRunner:
         ram = dom.memory.regions[0]
         ram_view, ram_size = ram.view, ram.size
         unpack_block, pack_ret = _BLOCK_ARGS.unpack_from, _RET.pack_into
+        dispatch = _dispatch
         if self._stop:
             return
         while True:
@@ -201,20 +202,9 @@ class VcpuRunner:
                 gpa = regs[RAX] & 0xFFFFFFFF
                 if gpa + HC_BLOCK_SIZE <= ram_size:
                     # One copy of the block into locals, then validation: no TOCTOU.
-                    nr, a0, a1, a2, a3, a4, a5 = unpack_block(ram_view, gpa)
-                    fn = handlers[nr] if nr < HC_MAX else None
-                    if fn is None:
-                        ret = ENOSYS
-                    else:
-                        hcounts[nr] += 1
-                        try:
-                            ret = fn(self, a0, a1, a2, a3, a4, a5)
-                        except GuestMemoryError:
-                            ret = EFAULT
-                        except HypercallError as e:
-                            ret = -e.errno
-                        if ret is None:
-                            return
+                    ret = dispatch(self, *unpack_block(ram_view, gpa))
+                    if ret is None:
+                        return
                     pack_ret(ram_view, gpa + 56, ret & MASK64)
                 elif not _block_hypercall(self, gpa):
                     return
@@ -283,51 +273,51 @@ _RET = struct.Struct("<Q")
 HC_BLOCK_SIZE = hc.HC_BLOCK_SIZE
 
 
-def _register_hypercall(runner: VcpuRunner) -> bool:
-    """The register form, general path (the run loop inlines the same steps)."""
-    be = runner.backend
-    regs = be.regs
-    nr = regs[RAX] & 0xFFFFFFFF
+def _dispatch(runner: VcpuRunner, nr: int, a0: int, a1: int, a2: int, a3: int, a4: int,
+              a5: int) -> int | None:
+    """Call hypercall *nr*'s handler: its result, a negative errno, or None
+    (the vCPU stops).  The run loop inlines the same steps for the register
+    form, the hot path."""
     fn = runner.domain.hypercalls.handlers[nr] if nr < hc.HC_MAX else None
     if fn is None:
-        ret = -hc.ENOSYS
-    else:
-        runner.hypercall_counts[nr] += 1
-        try:
-            ret = fn(runner, regs[RDI], regs[RSI], regs[RDX], regs[R10], regs[R8], regs[R9])
-        except GuestMemoryError:
-            ret = -hc.EFAULT
-        except HypercallError as e:
-            ret = -e.errno
-        if ret is None:
-            return False
+        return -hc.ENOSYS
+    runner.hypercall_counts[nr] += 1
+    try:
+        return fn(runner, a0, a1, a2, a3, a4, a5)
+    except GuestMemoryError:
+        return -hc.EFAULT
+    except HypercallError as e:
+        return -e.errno
+
+
+def _register_hypercall(runner: VcpuRunner) -> bool:
+    """The register form, general path."""
+    be = runner.backend
+    regs = be.regs
+    ret = _dispatch(runner, regs[RAX] & 0xFFFFFFFF, regs[RDI], regs[RSI], regs[RDX],
+                    regs[R10], regs[R8], regs[R9])
+    if ret is None:
+        return False
     regs[RAX] = ret & MASK64
     be.regs_dirty()
     return True
 
 
 def _block_hypercall(runner: VcpuRunner, gpa: int) -> bool:
-    """The argument-block form: eax = GPA of struct pv_hcall_block (the slow,
+    """The argument-block form: eax = GPA of struct pv_hcall_block (the
     general path: any region)."""
     mem = runner.domain.memory
     try:
         nr, *args, _ = _BLOCK.unpack(mem.read(gpa, hc.HC_BLOCK_SIZE))
     except GuestMemoryError:
         return True  # nowhere to put a result: the call has no effect
-    fn = runner.domain.hypercalls.handlers[nr] if nr < hc.HC_MAX else None
-    if fn is None:
-        ret = -hc.ENOSYS
-    else:
-        runner.hypercall_counts[nr] += 1
-        try:
-            ret = fn(runner, *args)
-        except GuestMemoryError:
-            ret = -hc.EFAULT
-        except HypercallError as e:
-            ret = -e.errno
-        if ret is None:
-            return False
-    mem.write_u64(gpa + 56, ret & MASK64)
+    ret = _dispatch(runner, nr, *args)
+    if ret is None:
+        return False
+    try:
+        mem.write_u64(gpa + 56, ret & MASK64)
+    except GuestMemoryError:
+        pass          # the block became read-only meanwhile: no result
     return True
 
 
