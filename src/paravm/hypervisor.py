@@ -121,6 +121,7 @@ class Hypervisor:
                                   vcpus=spec.vcpus, args=spec.args, domid=spec.domid)
 
     def start_all(self) -> None:
+        """Start every domain not started or stopped yet."""
         for d in self.domains.values():
             if d.t_start_ns is None and not d.stopped:
                 d.start()
@@ -141,15 +142,21 @@ class Hypervisor:
         return {name: d.wait() for name, d in self.domains.items()}
 
     def stop_all(self, reason: str = "") -> None:
+        """Ask every running domain to stop (returns at once; see :meth:`wait_all`)."""
         for d in self.domains.values():
             if not d.stopped:
                 d.stop(reason)
 
     def destroy(self, domain: Domain | str) -> None:
-        d = self.domains.pop(domain if isinstance(domain, str) else domain.name)
-        d.destroy()
+        """Stop and release one domain (see :meth:`Domain.destroy`); it is
+        forgotten only once released, so a failed destroy can be retried."""
+        name = domain if isinstance(domain, str) else domain.name
+        self.domains[name].destroy()
+        del self.domains[name]
 
     def close(self) -> None:
+        """Destroy every domain, then release the machine memory and /dev/kvm.
+        ``RuntimeError`` listing what could not be released."""
         if self._closed:
             return
         self._closed = True
@@ -157,7 +164,7 @@ class Hypervisor:
         for name in list(self.domains):
             try:
                 self.destroy(name)
-            except RuntimeError as e:
+            except Exception as e:  # noqa: BLE001 - close the rest regardless
                 errors.append(str(e))
         self.machine.close()
         self.kvm.close()

@@ -49,6 +49,7 @@ class FakeVcpu(VcpuBackend):
         self.clear_kicks = 0
         self.closed = False
         self.bound = False
+        self.unbound = False
 
     # scripting
     def queue(self, *steps) -> "FakeVcpu":
@@ -71,6 +72,9 @@ class FakeVcpu(VcpuBackend):
     def clear_kick(self) -> None:
         self.clear_kicks += 1
         self.kicked.clear()
+
+    def unbind_thread(self) -> None:
+        self.unbound = True
 
     def bind_thread(self) -> None:
         self.bound = True
@@ -398,6 +402,7 @@ def test_loop_unknown_port_crashes_the_domain_with_a_dump(make_domain):
     assert r.dump["rip"] == 0x100123 and "cr3" in r.dump
     assert dom.state is DomainState.STOPPED
     assert dom.vcpus[0].state is VcpuState.STOPPED and dom.vcpus[0].backend.bound
+    assert dom.vcpus[0].backend.unbound     # the thread let go of the backend
 
 
 @pytest.mark.parametrize("nr", [7, 40, hc.HC_MAX - 1, hc.HC_MAX, 1000, 0xFFFFFFFF])

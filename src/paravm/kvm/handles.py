@@ -313,6 +313,10 @@ class Vcpu:
             return
         for name in ("run_u8", "run_u16", "run_u32", "run_u64"):
             getattr(self, name).release()
-        self.run_page.close()
+        try:
+            self.run_page.close()
+        except BufferError:
+            # A device kept a view of the run page; the mapping goes with it.
+            pass
         os.close(self.fd)
         self.fd = -1

@@ -79,6 +79,10 @@ class VcpuBackend(ABC):
         """Called by the thread that will call :meth:`run`."""
 
     @abstractmethod
+    def unbind_thread(self) -> None:
+        """Called by that thread when it stops calling :meth:`run`."""
+
+    @abstractmethod
     def dump(self) -> dict[str, int]:
         """Registers for a crash report (GPRs, rip, rflags, cr0/2/3/4, efer, cs, ss)."""
 

@@ -160,11 +160,9 @@ class Domain:
         self._finish(DomainResult("crashed", reason=reason, vcpu=vcpu, dump=dump or {}))
 
     def stop(self, reason: str = "") -> None:
-        """Stop from the host; returns at once (see :meth:`wait`)."""
-        if self.state is DomainState.CREATED:
-            self._finish(DomainResult("stopped", reason=reason))
-            self._mark_stopped()
-            return
+        """Stop from the host; returns at once (see :meth:`wait`).  vCPUs that
+        never ran stop at once, so a domain stopped before :meth:`start` is
+        stopped when this returns."""
         self._finish(DomainResult("stopped", reason=reason))
 
     def _vcpu_stopped(self, runner: VcpuRunner) -> None:
@@ -178,10 +176,13 @@ class Domain:
                 return
             self.state = DomainState.STOPPED
             self.t_stop_ns = time.perf_counter_ns()
-        self.console.flush()
-        self._stopped.set()
-        if self._on_stop is not None:
-            self._on_stop(self)
+        try:
+            self.console.flush()
+        finally:
+            # Whatever the console sink did, waiters must learn of the stop.
+            self._stopped.set()
+            if self._on_stop is not None:
+                self._on_stop(self)
 
     def wait(self, timeout: float | None = None) -> DomainResult | None:
         """Block until the domain has stopped; its result, or None on timeout."""
@@ -195,11 +196,14 @@ class Domain:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
-    def pause(self) -> None:
-        for v in self.vcpus:
-            v.pause()
+    def pause(self, timeout: float = 5.0) -> bool:
+        """Park every vCPU outside the guest; True when all are parked
+        (False if the domain stopped or a vCPU did not park in *timeout* s)."""
+        deadline = time.monotonic() + timeout
+        return all([v.pause(max(0.0, deadline - time.monotonic())) for v in self.vcpus])
 
     def resume(self) -> None:
+        """Let the vCPUs of a paused domain run again."""
         for v in self.vcpus:
             v.resume()
 
@@ -230,28 +234,32 @@ class Domain:
 
     # --- teardown -------------------------------------------------------------------------
     def destroy(self, timeout: float = 5.0) -> None:
-        """Stop (if running), join the vCPU threads, release everything.  Idempotent."""
+        """Stop (if running), join the vCPU threads, release every fd, mapping,
+        memslot and irqfd.  Idempotent.  ``RuntimeError`` (nothing released, so
+        it can be retried) if a vCPU thread does not end within *timeout* s;
+        ``RuntimeError`` naming each failure if a release step fails (the other
+        steps still run)."""
         if self._destroyed:
             return
-        if self.state is DomainState.RUNNING:
-            self.stop("destroyed")
-            deadline = time.monotonic() + timeout
-            for v in self.vcpus:
-                v.join(max(0.0, deadline - time.monotonic()))
-                if v.thread is not None and v.thread.is_alive():
-                    # Cannot release the vCPU under a live thread; keep it.
-                    raise RuntimeError(f"{self.name}: vCPU {v.index} did not stop "
-                                       f"within {timeout}s")
-        self._destroyed = True
+        self.stop("destroyed")
+        deadline = time.monotonic() + timeout
         for v in self.vcpus:
-            v.backend.close()
-        while self._closers:
-            closer = self._closers.pop()
+            if not v.join(max(0.0, deadline - time.monotonic())):
+                # Cannot release the vCPU under a live thread; keep everything.
+                raise RuntimeError(f"{self.name}: vCPU {v.index} did not stop "
+                                   f"within {timeout}s")
+        self._destroyed = True
+        errors: list[str] = []
+        steps = [v.backend.close for v in self.vcpus]
+        steps += list(reversed(self._closers)) + [self.vm.close]
+        self._closers.clear()
+        for step in steps:
             try:
-                closer()
-            except OSError:
-                pass
-        self.vm.close()
+                step()
+            except Exception as e:  # noqa: BLE001 - release the rest regardless
+                errors.append(f"{getattr(step, '__qualname__', step)}: {e}")
+        if errors:
+            raise RuntimeError(f"{self.name}: destroy: " + "; ".join(errors))
 
     def stats(self) -> dict:
         from .backend import EXIT_KINDS

@@ -69,56 +69,74 @@ class VcpuRunner:
         self.exit_ns = [0] * len(EXIT_KINDS)
         self.timing = timing
         self.cpu = cpu           # host CPU to pin the thread to, or None
+        # Requests from other threads and the thread's answers, under one
+        # condition.  A pause request has a generation number; pause() returns
+        # once the thread has parked for that generation (or the vCPU stopped).
+        self._cond = threading.Condition()
         self._stop = False
         self._pause = False
-        self._resume = threading.Event()
-        self._lock = threading.Lock()
-        self._paused = threading.Event()
+        self._pause_gen = 0
+        self._parked_gen = 0
         self.thread: threading.Thread | None = None
 
     # --- control (any thread) -----------------------------------------------
     def start(self) -> bool:
         """Start the thread; False if the vCPU was stopped before it ran."""
-        with self._lock:
+        with self._cond:
             if self.state is VcpuState.STOPPED and self.thread is None:
                 return False
             if self.state is not VcpuState.CREATED:
                 raise RuntimeError(f"vCPU {self.index} is {self.state.value}, not created")
             self.state = VcpuState.RUNNING
-        self.thread = threading.Thread(target=self._main, daemon=True,
-                                       name=f"{self.domain.name}/vcpu{self.index}")
+            self.thread = threading.Thread(target=self._main, daemon=True,
+                                           name=f"{self.domain.name}/vcpu{self.index}")
         self.thread.start()
         return True
 
     def request_stop(self) -> None:
-        self._stop = True
-        self._resume.set()
-        with self._lock:
+        """Stop the vCPU (returns at once; :meth:`join` waits).  Idempotent."""
+        with self._cond:
+            self._stop = True
             never_ran = self.state is VcpuState.CREATED
             if never_ran:
                 self.state = VcpuState.STOPPED
+            self._cond.notify_all()
         if never_ran:
             self.domain._vcpu_stopped(self)
         else:
             self.backend.kick()
 
     def pause(self, timeout: float | None = 5.0) -> bool:
-        """Pause and wait until the thread is parked; False if it did not in time."""
-        if self.state is not VcpuState.RUNNING:
-            return self.state is VcpuState.PAUSED
-        self._resume.clear()
-        self._paused.clear()
-        self._pause = True
+        """Park the vCPU outside the guest and wait until it is parked.
+        True once parked (a vCPU not started yet parks as it starts); False if
+        it stopped, or did not park within *timeout* seconds."""
+        with self._cond:
+            if self._stop or self.state is VcpuState.STOPPED:
+                return False
+            self._pause = True
+            self._pause_gen += 1
+            gen = self._pause_gen
+            if self.state is VcpuState.CREATED:
+                return True
+            self._cond.notify_all()
         self.backend.kick()
-        return self._paused.wait(timeout)
+        with self._cond:
+            self._cond.wait_for(lambda: self._parked_gen >= gen or self._stop
+                                or self.state is VcpuState.STOPPED, timeout)
+            return self._parked_gen >= gen and not self._stop
 
     def resume(self) -> None:
-        self._pause = False
-        self._resume.set()
+        """Let a paused vCPU run again (no effect on one that is not paused)."""
+        with self._cond:
+            self._pause = False
+            self._cond.notify_all()
 
-    def join(self, timeout: float | None = None) -> None:
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end; True if it has (or never started)."""
         if self.thread is not None:
             self.thread.join(timeout)
+            return not self.thread.is_alive()
+        return True
 
     # --- the thread -----------------------------------------------------------
     def _main(self) -> None:
@@ -141,17 +159,24 @@ class VcpuRunner:
             self.domain.crash(f"internal error in the VMM while running vCPU {self.index}: "
                               f"{tb}", self.index, be.dump())
         finally:
-            be.unbind_thread() if hasattr(be, "unbind_thread") else None
-            self.state = VcpuState.STOPPED
+            be.unbind_thread()
+            with self._cond:
+                self.state = VcpuState.STOPPED
+                self._cond.notify_all()
             self.domain._vcpu_stopped(self)
 
     def _park(self) -> None:
-        self.state = VcpuState.PAUSED
-        self._paused.set()
-        self._resume.wait()
-        if not self._stop:
-            self.state = VcpuState.RUNNING
-        self.backend.clear_kick()
+        """Called by the vCPU thread when a pause is requested: wait outside
+        the guest until resumed or stopped.  A kick left over from the
+        request costs one spurious EXIT_INTR later, nothing more."""
+        with self._cond:
+            while self._pause and not self._stop:
+                self.state = VcpuState.PAUSED
+                self._parked_gen = self._pause_gen
+                self._cond.notify_all()
+                self._cond.wait()
+            if not self._stop:
+                self.state = VcpuState.RUNNING
 
     def _loop(self) -> None:
         be = self.backend
@@ -172,6 +197,8 @@ class VcpuRunner:
         ram_view, ram_size = ram.view, ram.size
         unpack_block, pack_ret = _BLOCK_ARGS.unpack_from, _RET.pack_into
         dispatch = _dispatch
+        if self._pause:
+            self._park()
         if self._stop:
             return
         while True:
