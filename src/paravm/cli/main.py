@@ -53,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from .. import __version__
         print(f"paravm {__version__}")
         return 0
-    return cmd_run(args, t_process)
+    try:
+        return cmd_run(args, t_process)
+    finally:
+        _quiet_stdout_on_exit()
 
 
 def cmd_run(args, t_process: int) -> int:
@@ -159,6 +162,17 @@ def _print_stats(hv, t_process: int) -> None:
             out.write(f"  boot: process start -> first output: "
                       f"{(d.console.first_output_ns - t_process) / 1e6:.3f} ms\n")
     out.flush()
+
+
+def _quiet_stdout_on_exit() -> None:
+    """If stdout is a closed pipe (``paravm run ... | head -1``), make the
+    interpreter's final flush quiet instead of printing a BrokenPipeError."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":
