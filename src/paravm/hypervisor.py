@@ -16,6 +16,7 @@ It is the Python API the CLI, tests and scripts use::
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -26,6 +27,7 @@ from .vm.console import Sink, stdout_sink
 from .vm.domain import Domain, DomainResult
 
 _UNSET = object()
+_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 class Hypervisor:
@@ -61,8 +63,18 @@ class Hypervisor:
         from .vm.kvm_backend import KvmVm
         if self._closed:
             raise RuntimeError("hypervisor is closed")
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"domain name {name!r} must match {_NAME.pattern}")
         if name in self.domains:
             raise ValueError(f"a domain named {name!r} exists")
+        args = tuple(args)
+        if any("\0" in a for a in args):
+            raise ValueError("an argument contains a NUL character")
+        if domid is not None:
+            if not 1 <= domid < 0x7FF0:
+                raise ValueError(f"domid {domid} outside 1..0x7fef (0 is the host)")
+            if any(d.domid == domid for d in self.domains.values()):
+                raise ValueError(f"domid {domid} is taken")
         if not 1 <= vcpus <= L.MAX_VCPUS:
             raise ValueError(f"vcpus must be 1..{L.MAX_VCPUS}, got {vcpus}")
         memory_bytes = memory_mib << 20
@@ -72,7 +84,10 @@ class Hypervisor:
             raise ValueError(f"{memory_mib} MiB is too small for {vcpus} vCPU stacks")
         img = self._image(image, memory_bytes, vcpus)
         if domid is None:
+            taken = {d.domid for d in self.domains.values()}
             domid = self._next_domid
+            while domid in taken:
+                domid += 1
         self._next_domid = max(self._next_domid, domid + 1)
         cpus = None
         if self._cpus:

@@ -81,6 +81,10 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "port_in")) {
         uint8_t v;
         __asm__ volatile("inb %%dx, %%al" : "=a"(v) : "d"(UNKNOWN_PORT + 1));
+    } else if (!strcmp(mode, "lapic")) {
+        /* The local APIC is the stub's: ring 3 must not reach it. */
+        volatile uint32_t *id = (volatile uint32_t *)(uintptr_t)0xFEE00020;
+        (void)*id;
     } else if (!strcmp(mode, "hc_in")) {
         uint32_t v;
         __asm__ volatile("inl $0xe0, %%eax" : "=a"(v));
@@ -145,6 +149,21 @@ int main(int argc, char **argv)
                          : : [port] "i"(PV_HC_BLOCK_PORT), "a"((uint32_t)HOLE_GPA) : "memory");
         __asm__ volatile("outl %%eax, %[port]"
                          : : [port] "i"(PV_HC_BLOCK_PORT), "a"((uint32_t)(ram - 8)) : "memory");
+        /* Blocks in the reserved area would have the VMM write the result
+         * over IDT gate 3 (0x9038) and the boot info's name (0xA038), and a
+         * misaligned one: all refused without effect. */
+        __asm__ volatile("outl %%eax, %[port]"
+                         : : [port] "i"(PV_HC_BLOCK_PORT), "a"((uint32_t)0x9000) : "memory");
+        __asm__ volatile("outl %%eax, %[port]"
+                         : : [port] "i"(PV_HC_BLOCK_PORT), "a"((uint32_t)0xA000) : "memory");
+        static uint64_t blk[10];
+        char *odd = (char *)blk + 4;
+        ((uint64_t *)blk)[8] = 0x1111;
+        __asm__ volatile("outl %%eax, %[port]"
+                         : : [port] "i"(PV_HC_BLOCK_PORT), "a"((uint32_t)(uint64_t)odd) : "memory");
+        if (strncmp(pv_boot_info()->name, "hostile", 7) || blk[8] != 0x1111)
+            return 9;
+        pv_wait(1000000);    /* int3 through IDT gate 3 still works */
         printf("hostile: survived\n");
         return 0;
     } else if (!strcmp(mode, "forever")) {

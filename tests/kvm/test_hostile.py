@@ -54,10 +54,11 @@ def assert_good_ran_to_the_end(good, bad) -> None:
 CRASHES = [
     ("port", 1, rf"unknown I/O port 0x1234 \(write, 1 bytes\) at rip={HEX}", 0, {}),
     ("port_in", 1, rf"unknown I/O port 0x1235 \(read, 1 bytes\) at rip={HEX}", 0, {}),
+    ("lapic", 1, rf"#PF page fault at rip={HEX} error=0x5 address=0xfee00020 \(ring 3\)", 0, {}),
     ("hc_in", 1, r"4-byte read of hypercall port 0xe0 \(hypercalls are 4-byte OUTs\)", 0, {}),
     ("hc_outb", 1, r"1-byte write to hypercall port 0xe1 \(hypercalls are 4-byte OUTs\)", 0, {}),
-    ("mmio", 1, r"unknown MMIO address 0xd0000000 \(read, 4 bytes\)", 0, {}),
-    ("mmio_write", 1, r"unknown MMIO address 0xd0000008 \(write, 4 bytes\)", 0, {}),
+    ("mmio", 1, rf"unknown MMIO address 0xd0000000 \(read, 4 bytes\) at rip={HEX}", 0, {}),
+    ("mmio_write", 1, rf"unknown MMIO address 0xd0000008 \(write, 4 bytes\) at rip={HEX}", 0, {}),
     ("noncanon", 1, rf"#GP general protection at rip={HEX} error=0x0 \(ring 3\)", 0,
      {"vector": 13, "error": 0, "cs": 0x23}),
     ("null", 1, rf"#PF page fault at rip={HEX} error=0x4 address=0x0 \(ring 3\)", 0,

@@ -291,7 +291,18 @@ def test_unknown_mmio_stops_naming_the_address(make_domain, kind, addr, word):
     mmio(kind, addr)(runner.backend)
     with pytest.raises(GuestStop) as e:
         handle_exit(runner, kind)
-    assert e.value.reason == f"unknown MMIO address {addr:#x} ({word}, 4 bytes)"
+    assert e.value.reason == f"unknown MMIO address {addr:#x} ({word}, 4 bytes) at rip=0x0"
+
+
+def test_an_access_running_past_a_device_end_reaches_no_device(make_domain):
+    dom = make_domain()
+    rec = Recorder()
+    dom.mmio_bus.insert(0xD0000000, 0x1000, rec, "regs")
+    runner = dom.vcpus[0]
+    mmio(EXIT_MMIO_READ, 0xD0000FFE)(runner.backend)        # 4 bytes from 0xffe
+    with pytest.raises(GuestStop, match="unknown MMIO address 0xd0000ffe"):
+        handle_exit(runner, EXIT_MMIO_READ)
+    assert rec.calls == []
 
 
 def test_shutdown_is_a_triple_fault(make_domain):

@@ -99,3 +99,29 @@ def test_refusals_are_not_cached(cache_dir, tmp_path):
         read_image(bad, RAM, 1)
     assert not cache_dir.exists() or not list(cache_dir.glob("*.json"))
     assert os.path.exists(bad)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("gpa", 0x1000),          # over the page tables
+    ("offset", 1 << 40),      # beyond the file
+    ("filesz", 1 << 30),      # more than memsz
+])
+def test_a_tampered_entry_is_reparsed_not_trusted(cache_dir, image, field, value):
+    good = read_image(image, RAM, 1)
+    entry = _entry(cache_dir, image)
+    raw = json.loads(entry.read_text())
+    col = {"gpa": 1, "offset": 2, "filesz": 3}[field]
+    raw["segments"][0][col] = value
+    entry.write_text(json.dumps(raw))
+    again = read_image(image, RAM, 1)
+    assert again == good
+    assert json.loads(entry.read_text())["segments"][0][col] != value   # rewritten
+
+
+def test_a_tampered_entry_point_is_reparsed(cache_dir, image):
+    good = read_image(image, RAM, 1)
+    entry = _entry(cache_dir, image)
+    raw = json.loads(entry.read_text())
+    raw["entry"] = 0x5000
+    entry.write_text(json.dumps(raw))
+    assert read_image(image, RAM, 1).entry == good.entry

@@ -15,6 +15,7 @@ Results are >= 0, or a negative Linux errno.
 
 HC_PORT = 0xE0
 HC_BLOCK_PORT = 0xE1
+HC_RESERVED_PORTS = 8   # 0xE0..0xE7 belong to the hypercall ABI (no device there)
 HC_BLOCK_SIZE = 64      # bytes of struct pv_hcall_block
 HC_MAX = 64             # size of the dispatch table
 

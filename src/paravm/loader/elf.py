@@ -83,10 +83,29 @@ def read_image(path: str | os.PathLike, ram_size: int, nr_vcpus: int) -> Image:
     from . import cache
     digest = cache.digest(data)
     info = cache.load(digest)
-    if info is None:
+    if info is None or not consistent(info, len(data)):
         info = parse_elf(path, data)
         cache.store(digest, info)
     return place(path, info, data, ram_size, nr_vcpus)
+
+
+def consistent(info: ElfInfo, file_size: int) -> bool:
+    """Whether *info* (e.g. from the cache, which is only a file) satisfies
+    every invariant :func:`parse_elf` guarantees: segments in the file, above
+    the reserved area, sorted and disjoint, filesz <= memsz; the entry point
+    and the vector table inside executable segments."""
+    prev_end = L.RESERVED_END
+    for _, gpa, offset, filesz, memsz, _ in info.segments:
+        if gpa < prev_end or filesz > memsz or memsz <= 0 or offset < 0 \
+                or offset + filesz > file_size:
+            return False
+        prev_end = gpa + memsz
+    execs = [(gpa, gpa + memsz) for _, gpa, _, _, memsz, x in info.segments if x]
+    if not info.segments or not any(a <= info.entry < b for a, b in execs):
+        return False
+    span = 256 * L.IMAGE_VECTOR_STRIDE
+    return info.vectors is None or any(a <= info.vectors and info.vectors + span <= b
+                                       for a, b in execs)
 
 
 def parse_elf(path: str, data: bytes) -> ElfInfo:

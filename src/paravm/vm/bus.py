@@ -53,12 +53,14 @@ class Bus:
         del self._bases[i]
         return self._entries.pop(i)[2]
 
-    def lookup(self, addr: int) -> tuple[Device, int] | None:
-        """``(device, offset)`` for *addr*, or ``None``."""
+    def lookup(self, addr: int, length: int = 1) -> tuple[Device, int] | None:
+        """``(device, offset)`` if ``[addr, addr+length)`` lies inside one
+        device's range, else ``None`` (an access that runs past a device's end
+        reaches no device)."""
         i = bisect.bisect_right(self._bases, addr) - 1
         if i >= 0:
             base, size, dev, _ = self._entries[i]
-            if addr - base < size:
+            if addr - base + length <= size:
                 return dev, addr - base
         return None
 

@@ -89,10 +89,10 @@ class Domain:
         self.pio_bus = Bus("PIO", 1 << 16)
         self.mmio_bus = Bus("MMIO", 1 << 64)
         self.console = Console(name, sink)
-        from ..hypercall.abi import HC_BLOCK_PORT, HC_PORT
+        from ..hypercall.abi import HC_RESERVED_PORTS
         # The hypercall ports are decoded by the run loop; reserving them on the
         # bus makes a device that claims them fail at registration.
-        self.pio_bus.insert(HC_PORT, HC_BLOCK_PORT - HC_PORT + 1, _Reserved(), "hypercall")
+        self.pio_bus.insert(HC_PORT, HC_RESERVED_PORTS, _Reserved(), "hypercall")
         self.boot_marks: dict[int, int] = {}
         self.memory = GuestMemory()
         self.vcpus: list[VcpuRunner] = []
@@ -100,6 +100,7 @@ class Domain:
         self._stopped = threading.Event()
         self._on_stop = on_stop
         self._closers: list = []     # called in reverse order by destroy()
+        self._irqfds: set[Irqfd] = set()
         self._destroyed = False
         self.t_start_ns: int | None = None
         self.t_stop_ns: int | None = None
@@ -133,6 +134,7 @@ class Domain:
 
     # --- running ------------------------------------------------------------------
     def start(self) -> None:
+        """Start every vCPU thread; ``RuntimeError`` unless the domain is new."""
         with self._lock:
             if self.state is not DomainState.CREATED:
                 raise RuntimeError(f"domain {self.name} is {self.state.value}")
@@ -209,12 +211,16 @@ class Domain:
 
     # --- interrupts -------------------------------------------------------------------
     def signal_msi(self, vcpu: int, vector: int) -> int:
-        """Raise *vector* on *vcpu* now (``KVM_SIGNAL_MSI``)."""
+        """Raise *vector* on *vcpu* now (``KVM_SIGNAL_MSI``).  Returns > 0 if
+        the LAPIC accepted it, 0 if it was blocked; ``ValueError`` for a vCPU
+        the domain lacks or a vector outside 0x20..0xfe."""
         self._check_target(vcpu, vector)
         return self.vm.signal_msi(L.msi_address(vcpu), vector)
 
     def irqfd(self, vcpu: int, vector: int) -> "Irqfd":
-        """An eventfd that raises *vector* on *vcpu* in-kernel when written."""
+        """An eventfd that raises *vector* on *vcpu* in-kernel when written
+        (an MSI route + ``KVM_IRQFD``: no exit, no Python).  Close it when
+        done; the domain closes those left at destroy."""
         self._check_target(vcpu, vector)
         fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
@@ -223,7 +229,7 @@ class Domain:
             os.close(fd)
             raise
         irq = Irqfd(self, fd, gsi)
-        self._closers.append(irq.close)
+        self._irqfds.add(irq)
         return irq
 
     def _check_target(self, vcpu: int, vector: int) -> None:
@@ -251,6 +257,7 @@ class Domain:
         self._destroyed = True
         errors: list[str] = []
         steps = [v.backend.close for v in self.vcpus]
+        steps += [irq.close for irq in list(self._irqfds)]
         steps += list(reversed(self._closers)) + [self.vm.close]
         self._closers.clear()
         for step in steps:
@@ -262,6 +269,8 @@ class Domain:
             raise RuntimeError(f"{self.name}: destroy: " + "; ".join(errors))
 
     def stats(self) -> dict:
+        """Exit counts by kind, VMM time per kind (us, with timing on),
+        hypercall counts by name and boot times (ms from domain create)."""
         from .backend import EXIT_KINDS
         counts = [sum(v.exit_counts[k] for v in self.vcpus) for k in range(len(EXIT_KINDS))]
         ns = [sum(v.exit_ns[k] for v in self.vcpus) for k in range(len(EXIT_KINDS))]
@@ -308,6 +317,7 @@ class Irqfd:
         os.eventfd_write(self.fd, 1)
 
     def close(self) -> None:
+        """Unbind and close the eventfd.  Idempotent."""
         if self.fd < 0:
             return
         try:
@@ -316,3 +326,4 @@ class Irqfd:
             pass
         os.close(self.fd)
         self.fd = -1
+        self.domain._irqfds.discard(self)

@@ -28,6 +28,7 @@ import struct
 import threading
 import time
 
+from ..arch.x86 import layout as L
 from ..arch.x86.boot import ERROR_CODE_VECTORS, EXCEPTION_NAMES
 from ..hypercall import abi as hc
 from ..hypercall.table import HypercallError
@@ -197,6 +198,7 @@ class VcpuRunner:
         ram_view, ram_size = ram.view, ram.size
         unpack_block, pack_ret = _BLOCK_ARGS.unpack_from, _RET.pack_into
         dispatch = _dispatch
+        RESERVED_END = L.RESERVED_END
         if self._pause:
             self._park()
         if self._stop:
@@ -227,7 +229,7 @@ class VcpuRunner:
                 dirty[0] = DIRTY
             elif kind == EXIT_HYPERCALL_BLOCK:
                 gpa = regs[RAX] & 0xFFFFFFFF
-                if gpa + HC_BLOCK_SIZE <= ram_size:
+                if RESERVED_END <= gpa and gpa + HC_BLOCK_SIZE <= ram_size and not gpa & 7:
                     # One copy of the block into locals, then validation: no TOCTOU.
                     ret = dispatch(self, *unpack_block(ram_view, gpa))
                     if ret is None:
@@ -269,7 +271,7 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
         port, data = be.port, be.data
         if port == hc.HC_BLOCK_PORT and kind == EXIT_IO_OUT and be.size == 4:
             return _block_hypercall(runner, int.from_bytes(data, "little"))
-        hit = dom.pio_bus.lookup(port)
+        hit = dom.pio_bus.lookup(port, be.size)
         if hit is None:
             raise GuestStop(f"unknown I/O port {port:#x} ({'write' if kind == EXIT_IO_OUT else 'read'}"
                             f", {be.size} bytes) at rip={be.regs[16]:#x}")
@@ -278,10 +280,10 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
         return True
     if kind == EXIT_MMIO_WRITE or kind == EXIT_MMIO_READ:
         addr = be.addr
-        hit = dom.mmio_bus.lookup(addr)
+        hit = dom.mmio_bus.lookup(addr, be.size)
         if hit is None:
             raise GuestStop(f"unknown MMIO address {addr:#x} ({'write' if kind == EXIT_MMIO_WRITE else 'read'}"
-                            f", {be.size} bytes)")
+                            f", {be.size} bytes) at rip={be.regs[16]:#x}")
         dev, off = hit
         (dev.write if kind == EXIT_MMIO_WRITE else dev.read)(off, be.data)
         return True
@@ -334,6 +336,10 @@ def _block_hypercall(runner: VcpuRunner, gpa: int) -> bool:
     """The argument-block form: eax = GPA of struct pv_hcall_block (the
     general path: any region)."""
     mem = runner.domain.memory
+    if gpa < L.RESERVED_END or gpa & 7:
+        # The reserved area holds the page tables, IDT and stub stacks: the
+        # VMM never writes there for the guest.  No result, no effect.
+        return True
     try:
         nr, *args, _ = _BLOCK.unpack(mem.read(gpa, hc.HC_BLOCK_SIZE))
     except GuestMemoryError:

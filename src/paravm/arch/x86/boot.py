@@ -92,6 +92,8 @@ def _page_tables(nr_vcpus: int) -> bytes:
                                            for i in range(4))))
     big = [(i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS for i in range(2048)]
     big[0] = L.PT_LOW | PTE_P | PTE_RW | PTE_US
+    # The local APIC belongs to the ring-0 stub: supervisor-only.
+    big[L.LAPIC_BASE >> 21] &= ~PTE_US
     mem.write(L.PD, struct.pack("<2048Q", *big))
     small = [0] * 512
     supervisor = PTE_P | PTE_RW
