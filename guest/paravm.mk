@@ -1,8 +1,8 @@
 # Flags for building paravm guests; include this from a program's Makefile.
 PV_GUEST_DIR := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
-CC ?= gcc
 PV_CFLAGS := -O2 -g -std=gnu11 -Wall -Wextra -ffreestanding -fno-pie -fno-pic \
 	-fno-stack-protector -fno-asynchronous-unwind-tables -fcf-protection=none \
+	-fno-tree-loop-distribute-patterns \
 	-mcmodel=small -march=x86-64 -I$(PV_GUEST_DIR)/include
 PV_LDFLAGS := -nostdlib -static -no-pie -Wl,--build-id=none -Wl,-z,max-page-size=4096 \
 	-Wl,-z,noexecstack -T $(PV_GUEST_DIR)/paravm.ld

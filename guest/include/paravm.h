@@ -79,7 +79,8 @@ int pv_irq_unregister(unsigned vector);
 /* Run the handlers of this vCPU's pending vectors; returns how many ran. */
 int pv_irq_dispatch(void);
 /* Block until an interrupt arrives or timeout_ns passes (0: no timeout),
- * then dispatch.  Returns the number of vectors seen (0 on timeout). */
+ * then dispatch.  Returns the number of vectors dispatched (> 0), or 0 once
+ * timeout_ns has passed with none.  Vectors without a handler count too. */
 int pv_wait(uint64_t timeout_ns);
 /* One stub call: halt until an interrupt or timeout (< 2^32 ns, 0: none). */
 static inline void pv_block(uint32_t timeout_ns)
@@ -91,7 +92,9 @@ int pv_send_ipi(unsigned cpu, unsigned vector);
 
 /* --- SMP ------------------------------------------------------------------- */
 /* All vCPUs start at once; vCPU 0 runs main(), the others wait for work.
- * pv_smp_start runs fn(arg) on vCPU cpu; pv_smp_join waits until it returns. */
+ * pv_smp_start runs fn(arg) on vCPU cpu (1..nr-1, not the caller):
+ * -PV_EINVAL for a bad cpu, -PV_EBUSY while a job runs there.
+ * pv_smp_join waits until it returns. */
 int pv_smp_start(unsigned cpu, void (*fn)(void *), void *arg);
 int pv_smp_join(unsigned cpu);
 unsigned pv_nr_cpus(void);

@@ -64,14 +64,19 @@ static volatile struct pv_vcpu_page *vcpu_page(void)
     return (volatile struct pv_vcpu_page *)self;
 }
 
+/* A slot being claimed: its ctx is not written yet; dispatch skips it. */
+#define PV_HANDLER_CLAIMING ((pv_irq_handler)1)
+
 int pv_irq_register(unsigned vector, pv_irq_handler fn, void *ctx)
 {
     if (vector < PV_VEC_USER_FIRST || vector > PV_VEC_USER_LAST || !fn)
         return -PV_EINVAL;
-    pv_handlers[vector].ctx = ctx;
-    if (!__atomic_compare_exchange_n(&pv_handlers[vector].fn, &(pv_irq_handler){0}, fn, 0,
-                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    pv_irq_handler expected = 0;
+    if (!__atomic_compare_exchange_n(&pv_handlers[vector].fn, &expected, PV_HANDLER_CLAIMING,
+                                     0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return -PV_EBUSY;
+    pv_handlers[vector].ctx = ctx;
+    __atomic_store_n(&pv_handlers[vector].fn, fn, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -96,33 +101,41 @@ int pv_irq_dispatch(void)
                 continue;
             ran++;
             pv_irq_handler fn = __atomic_load_n(&pv_handlers[vector].fn, __ATOMIC_ACQUIRE);
-            if (fn)
+            if (fn && fn != PV_HANDLER_CLAIMING)
                 fn(vector, pv_handlers[vector].ctx);
         }
     }
     return ran;
 }
 
+/* ns since (start_tsc, start_ns), without overflow for any run time. */
+static uint64_t pv_elapsed_ns(uint64_t khz, uint64_t start_tsc, uint64_t start_ns)
+{
+    if (!khz)
+        return pv_clock_ns() - start_ns;
+    uint64_t c = pv_rdtsc() - start_tsc;
+    return (c / khz) * 1000000 + (c % khz) * 1000000 / khz;
+}
+
 int pv_wait(uint64_t timeout_ns)
 {
-    const struct pv_boot_info *bi = pv_boot_info();
+    int ran;
     if (timeout_ns == 0) {
-        pv_block(0);
-        return pv_irq_dispatch();
+        /* No timeout: a stale timer wake-up does not count as a return. */
+        do {
+            pv_block(0);
+        } while (!(ran = pv_irq_dispatch()));
+        return ran;
     }
-    uint64_t khz = bi->tsc_khz;
-    uint64_t start = pv_rdtsc();
+    uint64_t khz = pv_boot_info()->tsc_khz;
+    uint64_t start_tsc = pv_rdtsc(), start_ns = khz ? 0 : pv_clock_ns();
     for (;;) {
-        uint64_t left = timeout_ns;
-        if (khz) {
-            uint64_t elapsed_ns = (pv_rdtsc() - start) * 1000000 / khz;
-            if (elapsed_ns >= timeout_ns)
-                return pv_irq_dispatch();
-            left = timeout_ns - elapsed_ns;
-        }
+        uint64_t elapsed = pv_elapsed_ns(khz, start_tsc, start_ns);
+        if (elapsed >= timeout_ns)
+            return pv_irq_dispatch();
+        uint64_t left = timeout_ns - elapsed;
         pv_block(left > 0xFFFFFFFFu ? 0xFFFFFFFFu : (uint32_t)left);
-        int ran = pv_irq_dispatch();
-        if (ran || !khz || left <= 0xFFFFFFFFu)
+        if ((ran = pv_irq_dispatch()))
             return ran;
     }
 }
@@ -145,19 +158,21 @@ static struct {
 
 int pv_smp_start(unsigned cpu, void (*fn)(void *), void *arg)
 {
-    if (cpu >= pv_nr_cpus() || cpu == pv_cpu() || !fn)
+    /* vCPU 0 runs main(), never jobs. */
+    if (cpu == 0 || cpu >= pv_nr_cpus() || cpu == pv_cpu() || !fn)
         return -PV_EINVAL;
-    if (__atomic_load_n(&pv_slots[cpu].busy, __ATOMIC_ACQUIRE))
+    int idle = 0;
+    if (!__atomic_compare_exchange_n(&pv_slots[cpu].busy, &idle, 1, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE))
         return -PV_EBUSY;
     pv_slots[cpu].arg = arg;
-    __atomic_store_n(&pv_slots[cpu].busy, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&pv_slots[cpu].fn, fn, __ATOMIC_RELEASE);
     return pv_send_ipi(cpu, PV_VEC_SMP);
 }
 
 int pv_smp_join(unsigned cpu)
 {
-    if (cpu >= pv_nr_cpus() || cpu == pv_cpu())
+    if (cpu == 0 || cpu >= pv_nr_cpus() || cpu == pv_cpu())
         return -PV_EINVAL;
     while (__atomic_load_n(&pv_slots[cpu].busy, __ATOMIC_ACQUIRE))
         pv_wait(1000000);
