@@ -77,6 +77,7 @@ class GuestMemory:
         self._regions.insert(i, region)
 
     def remove_region(self, gpa: int) -> Region:
+        """Remove the region starting at *gpa* (``KeyError`` if none)."""
         i = bisect.bisect_left(self._starts, gpa)
         if i == len(self._starts) or self._starts[i] != gpa:
             raise KeyError(f"no region at {gpa:#x}")
@@ -150,23 +151,28 @@ class GuestMemory:
         return r, off
 
     def fill(self, gpa: int, length: int, byte: int = 0) -> None:
+        """Set *length* bytes at *gpa* to *byte*."""
         r, off = self._writable(gpa, length)
         r.view[off:off + length] = bytes([byte]) * length if length < PAGE_SIZE * 16 \
             else memoryview(bytearray([byte]) * length)
 
     def read_u32(self, gpa: int) -> int:
+        """The little-endian u32 at *gpa* (any alignment)."""
         r, off = self.check_range(gpa, 4)
         return _U32.unpack_from(r.view, off)[0]
 
     def read_u64(self, gpa: int) -> int:
+        """The little-endian u64 at *gpa* (any alignment)."""
         r, off = self.check_range(gpa, 8)
         return _U64.unpack_from(r.view, off)[0]
 
     def write_u32(self, gpa: int, value: int) -> None:
+        """Store *value* (0..2^32-1) little-endian at *gpa*."""
         r, off = self._writable(gpa, 4)
         _U32.pack_into(r.view, off, value)
 
     def write_u64(self, gpa: int, value: int) -> None:
+        """Store *value* (0..2^64-1) little-endian at *gpa*."""
         r, off = self._writable(gpa, 8)
         _U64.pack_into(r.view, off, value)
 
