@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""The benchmark table of the README, from bench/results/*.json.
+
+`bench/run` calls this after the benchmarks; it writes bench/results/table.md
+and, with --readme, replaces the table between the README's
+`<!-- bench:begin -->` and `<!-- bench:end -->` markers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE.parent / "README.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict | None:
+    try:
+        return json.loads((RESULTS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def rows() -> list[tuple[str, str, str, str, str]]:
+    out = []
+    ex = _load("exit_roundtrip")
+    if ex:
+        ns, r = ex["ns_per_call"], ex["ratios"]
+        goal = ex["goal"]["paravm_regs/c"]
+        out.append(("hypercall round trip from ring 3, register form (`exit_roundtrip`)",
+                    f"{ns['paravm-regs'] / 1e3:.1f} us",
+                    f"C KVM loop, same exit: {ns['c'] / 1e3:.1f} us",
+                    f"{r['paravm_regs/c']:.2f}x", f"≤ {goal:.2f}x: {'met' if r['paravm_regs/c'] <= goal else 'not met'}"))
+        out.append(("hypercall round trip, argument-block form",
+                    f"{ns['paravm-block'] / 1e3:.1f} us",
+                    f"C KVM loop, block form: {ns['c-block'] / 1e3:.1f} us",
+                    f"{r['paravm_block/c_block']:.2f}x", "—"))
+        out.append(("`KVM_GET_REGS`+`KVM_SET_REGS` instead of synced registers (C)",
+                    f"{ns['c-getregs'] / 1e3:.1f} us", f"C, synced: {ns['c'] / 1e3:.1f} us",
+                    f"{r['c_getregs/c']:.2f}x", "why the ABI uses `KVM_CAP_SYNC_REGS`"))
+    st = _load("startup")
+    if st:
+        p = st["process_start_to_first_output_ms"]
+        v = st["vm_create_to_first_output_ms"]
+        med = p["paravm"]["median"]
+        out.append(("process start → guest's first output (`startup`)", f"{med:.1f} ms",
+                    f"`python -c`: {p['python -c']['median']:.1f} ms",
+                    f"{med / p['python -c']['median']:.2f}x",
+                    f"≤ 40 ms: {'met' if med <= 40 else 'not met'}"))
+        warm = v["warm"]["median"]
+        out.append(("VM create → first output, in process (warm; cold "
+                    f"{v['cold']['median']:.1f} ms)", f"{warm:.2f} ms", "goal 2 ms",
+                    f"{warm / 2:.2f}x", f"≤ 2 ms: {'met' if warm <= 2 else 'not met'}"))
+    rss = _load("rss")
+    if rss:
+        k = "paravm run (64 MiB guest)"
+        mb = rss["peak_rss_mb"][k]["median"]
+        out.append(("peak RSS of `paravm run`, one 64 MiB guest (`rss`)", f"{mb:.1f} MiB",
+                    f"`python -c pass`: {rss['peak_rss_mb']['python -c pass']['median']:.1f} MiB",
+                    f"{mb / rss['peak_rss_mb']['python -c pass']['median']:.2f}x",
+                    f"≤ 30 MB: {'met' if mb <= 30 else 'not met'}"))
+    return out
+
+
+def table() -> str:
+    lines = ["| benchmark | paravm | baseline (same run) | ratio | goal |",
+             "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows()]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    text = table()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "table.md").write_text(text + "\n")
+    print(text)
+    if "--readme" in sys.argv[1:]:
+        readme = README.read_text()
+        if BEGIN not in readme or END not in readme:
+            sys.exit(f"bench/report: {README} has no {BEGIN} ... {END} markers")
+        head, rest = readme.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+        print(f"updated {README.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
