@@ -52,6 +52,18 @@ class Hypervisor:
         self._images: dict[tuple, object] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._loop = None
+
+    @property
+    def loop(self):
+        """The event-loop thread for host-side fds and timers
+        (:class:`paravm.vm.eventloop.EventLoop`), made on first use."""
+        if self._closed:
+            raise RuntimeError("hypervisor is closed")
+        if self._loop is None:
+            from .vm.eventloop import EventLoop
+            self._loop = EventLoop()
+        return self._loop
 
     # --- domains -----------------------------------------------------------------
     def create_domain(self, name: str, image: str | os.PathLike, *, memory_mib: int = 64,
@@ -181,6 +193,8 @@ class Hypervisor:
                 self.destroy(name)
             except Exception as e:  # noqa: BLE001 - close the rest regardless
                 errors.append(str(e))
+        if self._loop is not None:
+            self._loop.close()
         self.machine.close()
         self.kvm.close()
         if errors:

@@ -46,3 +46,16 @@ def test_irqfd_routes_are_reused(guests):
             gsis.add(irq.gsi)
             irq.close()
         assert len(gsis) == 1
+
+
+def test_the_hypervisor_owns_its_event_loop():
+    import threading
+    hv = paravm.Hypervisor(output=None)
+    ran = threading.Event()
+    hv.loop.call_soon(ran.set)
+    assert ran.wait(5)
+    thread = hv.loop._thread
+    hv.close()
+    assert not thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        hv.loop
