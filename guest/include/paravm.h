@@ -3,8 +3,10 @@
  *
  * Programs run in ring 3 in 64-bit mode from their first instruction; a
  * small ring-0 stub (stub.S) owns the IDT, the local APIC and halting.
- * Interrupts set a bit in this vCPU's pending bitmap; handlers registered
- * with pv_irq_register() run in ring 3 from pv_wait() / pv_irq_dispatch().
+ * Ring-3 code runs with interrupts disabled; a vCPU takes them while it waits
+ * in the stub (pv_wait / pv_block), where each sets a bit in this vCPU's
+ * pending bitmap; handlers registered with pv_irq_register() then run in
+ * ring 3 from pv_wait() / pv_irq_dispatch().
  */
 #ifndef PARAVM_H
 #define PARAVM_H

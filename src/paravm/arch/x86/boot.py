@@ -187,8 +187,9 @@ def initial_sregs(sregs: abi.kvm_sregs, index: int, idt_limit: int) -> None:
 
 def initial_regs(regs: abi.kvm_regs, index: int, entry: int, ram_size: int) -> None:
     """rip = entry, rsp = top of this vCPU's stack, rdi = vCPU index,
-    rsi = boot info GPA, RFLAGS.IF = 0 (interrupts arrive while blocked in
-    the stub only)."""
+    rsi = boot info GPA, RFLAGS.IF = 0: ring 3 is never interrupted, so an
+    interrupt costs no emulated ring-0 entry while the guest computes; it is
+    taken when the vCPU waits in the stub (``sti; hlt``)."""
     for name, _ in abi.kvm_regs._fields_:
         setattr(regs, name, 0)
     regs.rip, regs.rsp, regs.rflags = entry, L.stack_top(ram_size, index), 0x2
