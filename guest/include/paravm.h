@@ -78,7 +78,8 @@ typedef void (*pv_irq_handler)(unsigned vector, void *ctx);
  * -PV_EBUSY if taken.  Handlers are per domain (all vCPUs). */
 int pv_irq_register(unsigned vector, pv_irq_handler fn, void *ctx);
 int pv_irq_unregister(unsigned vector);
-/* Run the handlers of this vCPU's pending vectors; returns how many ran. */
+/* Run the handlers of this vCPU's pending vectors; returns how many vectors
+ * were pending (those without a handler count too; the stub's timer not). */
 int pv_irq_dispatch(void);
 /* Block until an interrupt arrives or timeout_ns passes (0: no timeout),
  * then dispatch.  Returns the number of vectors dispatched (> 0), or 0 once

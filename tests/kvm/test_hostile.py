@@ -76,8 +76,9 @@ CRASHES = [
     ("fakefault", 1, r"fault reported with a bad frame address 0x1001000", 0, {}),
     ("ap_null", 2, rf"#PF page fault at rip={HEX} error=0x4 address=0x0 \(ring 3\)", 1,
      {"vector": 14, "cr2": 0}),
-    ("rep_outs", 1, rf"(unknown I/O port 0x1234 \(write, 1 bytes\) at rip={HEX}"
-                    r"|UNKNOWN: string port I/O \(rep ins/outs\) is not supported)", 0, {}),
+    # This KVM backend splits `rep outsb` into one-byte exits (a count > 1 is
+    # tested with a fabricated exit in test_exit_handling.py).
+    ("rep_outs", 1, rf"unknown I/O port 0x1234 \(write, 1 bytes\) at rip={HEX}", 0, {}),
 ]
 
 
@@ -176,10 +177,7 @@ def test_destroy_after_an_mmio_exit(guests):
         d.start()
         r = d.wait(WAIT)
         assert r is not None and r.how == "crashed"
-        hv.destroy(d)         # raises BufferError today
+        hv.destroy(d)
         assert not hv.domains
     finally:
-        try:
-            hv.close()
-        except BufferError:
-            pass
+        hv.close()

@@ -172,7 +172,8 @@ def test_error_survives_pickling():
 def test_bad_manifest_names_file_key_and_reason(mdir, text, key, reason):
     e = error(text, mdir)
     assert (e.key, e.reason) == (key, reason.replace("{mdir}", str(mdir)))
-    assert str(e) == f"{mdir / 'm.toml'}: {key}: {e.reason}" if key else f"{mdir / 'm.toml'}: {e.reason}"
+    assert str(e) == (f"{mdir / 'm.toml'}: {key}: {e.reason}" if key
+                      else f"{mdir / 'm.toml'}: {e.reason}")
 
 
 @pytest.mark.parametrize(
@@ -342,13 +343,13 @@ def fuzz_dir(tmp_path_factory) -> Path:
     return d
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=st.text())
 def test_any_text_gives_a_manifest_or_a_manifest_error(fuzz_dir, text):
     _manifest_or_error(text, str(fuzz_dir / "m.toml"))
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(doc=_DOCUMENTS)
 def test_any_toml_document_gives_a_manifest_or_a_manifest_error(fuzz_dir, doc):
     result = _manifest_or_error(_toml_document(doc), str(fuzz_dir / "m.toml"))

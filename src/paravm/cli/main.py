@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -94,7 +95,13 @@ def cmd_run(args, t_process: int) -> int:
             return EXIT_INTERRUPTED
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         try:
-            hv.start_all()
+            # Ctrl-C is held while the vCPU threads start (they inherit the
+            # mask, so it is never theirs) and taken right after.
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                hv.start_all()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -133,7 +140,6 @@ def cmd_run(args, t_process: int) -> int:
 def _stop_quietly(hv, reason: str) -> None:
     """Stop every domain and wait for them; a second Ctrl-C here is ignored
     (the domains are already stopping)."""
-    import signal
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         hv.stop_all(reason)

@@ -70,6 +70,7 @@ class Kvm:
 
     def __init__(self, path: str = "/dev/kvm") -> None:
         try:
+            self.path = path
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             raise KvmUnavailable(
@@ -109,10 +110,10 @@ class Kvm:
         for cap, what in abi.REQUIRED_CAPS.items():
             if self.check_extension(cap) <= 0:
                 raise KvmUnavailable(
-                    f"/dev/kvm lacks {what}: paravm needs it; use a newer kernel "
+                    f"{self.path} lacks {what}: paravm needs it; use a newer kernel "
                     "or a KVM backend that provides it")
         if not self.check_extension(abi.KVM_CAP_SYNC_REGS) & abi.KVM_SYNC_X86_REGS:
-            raise KvmUnavailable("/dev/kvm: KVM_CAP_SYNC_REGS does not cover the GPRs")
+            raise KvmUnavailable(f"{self.path}: KVM_CAP_SYNC_REGS does not cover the GPRs")
 
     def supported_cpuid(self) -> abi.kvm_cpuid2:
         """``KVM_GET_SUPPORTED_CPUID``, cached (a fresh copy each call)."""

@@ -1,6 +1,7 @@
 """A Domain: guest memory, vCPUs, an in-kernel irqchip, PIO/MMIO buses, hypercalls.
 
-Life cycle: ``CREATED -> RUNNING -> STOPPED``.  A domain stops when it calls
+Life cycle: ``CREATED -> RUNNING -> STOPPED``, or ``CREATED -> STOPPED`` for a
+domain stopped before it started.  A domain stops when it calls
 exit, when its last vCPU goes off, when it crashes (any vCPU), or when the
 host stops it; stopping kicks every vCPU out of ``KVM_RUN`` and records a
 :class:`DomainResult`.  Only the first cause is kept.  Destroying releases

@@ -91,7 +91,19 @@ class VcpuRunner:
             self.state = VcpuState.RUNNING
             self.thread = threading.Thread(target=self._main, daemon=True,
                                            name=f"{self.domain.name}/vcpu{self.index}")
-        self.thread.start()
+        try:
+            self.thread.start()
+        except BaseException:
+            # E.g. KeyboardInterrupt inside Thread.start: the thread may not
+            # run; the vCPU counts as stopped, never as running without one.
+            if self.thread.ident is None:
+                with self._cond:
+                    self.thread = None
+                    self.state = VcpuState.STOPPED
+                    self._stop = True
+                    self._cond.notify_all()
+                self.domain._vcpu_stopped(self)
+            raise
         return True
 
     def request_stop(self) -> None:

@@ -1,7 +1,7 @@
 """The guest-physical layout the VMM builds before the first instruction.
 
 Shared with the guest SDK (``guest/include/paravm/abi.h`` carries the same
-numbers; ``tests/unit/test_layout.py`` checks that both agree).
+numbers; ``tests/unit/test_guest_abi.py`` checks that both agree).
 
 ::
 
