@@ -29,6 +29,7 @@ __all__ = [
     "ARGS_MAX_BYTES",
     "DOMAIN_NAME_PATTERN",
     "DomainSpec",
+    "IvcSpec",
     "Manifest",
     "ManifestError",
     "load_manifest",
@@ -40,6 +41,7 @@ RESERVED_DOMAIN_NAMES = frozenset({"host"})  # the host is domain 0
 # RAM sits below the 32-bit MMIO hole (LAPIC at 0xFEE00000), hence 3 GiB at most.
 MEMORY_MIB_DEFAULT, MEMORY_MIB_MIN, MEMORY_MIB_MAX = 64, 2, 3072
 VCPUS_DEFAULT, VCPUS_MIN, VCPUS_MAX = 1, 1, 32
+IVC_ID_MAX = 0xFFFF
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
 # fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
@@ -101,6 +103,29 @@ class DomainSpec(msgspec.Struct, frozen=True):
         return self.memory_mib * _MiB
 
 
+class IvcSpec(msgspec.Struct, frozen=True):
+    """One ``[[ivc]]`` table, checked: a Tegra IVC queue between two peers.
+
+    Attributes:
+        id: the queue id (unique; a loopback queue also takes ``id + 1``, see below).
+        peers: two domain names, or ``"host"`` (domain 0) for a Python endpoint in the
+            VMM; equal names make a loopback queue: both ends in one domain, described to
+            it as the two consecutive queues ``id`` (even) and ``id + 1``, as the Tegra
+            hypervisor does ("loopback queue ids are always consecutive").
+        nframes: frames per direction (>= 1).
+        frame_size: bytes per frame, a multiple of 64 (>= 64); nframes * frame_size < 2^32.
+    """
+
+    id: int
+    peers: tuple[str, str]
+    nframes: int
+    frame_size: int
+
+    @property
+    def loopback(self) -> bool:
+        return self.peers[0] == self.peers[1]
+
+
 class Manifest(msgspec.Struct, frozen=True):
     """A checked manifest.
 
@@ -112,6 +137,7 @@ class Manifest(msgspec.Struct, frozen=True):
 
     path: pathlib.Path
     domains: tuple[DomainSpec, ...]
+    ivc: tuple[IvcSpec, ...] = ()
 
     def domain(self, name: str) -> DomainSpec:
         """The domain called *name*; raises KeyError if there is none."""
@@ -172,9 +198,17 @@ class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
     args: tuple[str, ...] = ()
 
 
+class _RawIvc(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[int, msgspec.Meta(ge=0, le=IVC_ID_MAX)]
+    peers: tuple[str, str]
+    nframes: Annotated[int, msgspec.Meta(ge=1, le=1 << 26)]
+    frame_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 26)]
+
+
 class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
     # Optional in the schema so that an empty file gets the clearer reason of _build_domains.
     domain: tuple[_RawDomain, ...] = ()
+    ivc: tuple[_RawIvc, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +236,8 @@ def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
         raise _from_validation_error(str(e), data, file) from None
     except RecursionError:
         ctx.fail("", "values nested too deeply")
-    return Manifest(path=abs_path, domains=_build_domains(raw.domain, ctx))
+    domains = _build_domains(raw.domain, ctx)
+    return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx))
 
 
 def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
@@ -229,6 +264,36 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
                 args=_guest_args(raw.args, f"{key}.args", ctx),
             )
         )
+    return tuple(specs)
+
+
+def _build_ivc(raws: tuple[_RawIvc, ...], domains: tuple[DomainSpec, ...],
+               ctx: _Context) -> tuple[IvcSpec, ...]:
+    names = {d.name for d in domains} | {"host"}
+    taken: dict[int, int] = {}
+    specs = []
+    for i, raw in enumerate(raws):
+        key = f"ivc[{i}]"
+        for j, peer in enumerate(raw.peers):
+            if peer not in names:
+                ctx.fail(f"{key}.peers[{j}]", f"unknown domain {peer!r}")
+        if raw.peers == ("host", "host"):
+            ctx.fail(f"{key}.peers", "a queue needs a guest end ('host' twice)")
+        if raw.frame_size % 64:
+            ctx.fail(f"{key}.frame_size", "must be a multiple of 64")
+        if raw.nframes * raw.frame_size >= 1 << 32:
+            ctx.fail(f"{key}.nframes", "nframes x frame_size must be below 2^32")
+        loopback = raw.peers[0] == raw.peers[1]
+        if loopback and raw.id % 2:
+            ctx.fail(f"{key}.id", "a loopback queue needs an even id (it also takes id + 1)")
+        ids = (raw.id, raw.id + 1) if loopback else (raw.id,)
+        for qid in ids:
+            if qid in taken:
+                ctx.fail(f"{key}.id", f"duplicate queue id {qid} (also ivc[{taken[qid]}])")
+        for qid in ids:
+            taken[qid] = i
+        specs.append(IvcSpec(id=raw.id, peers=raw.peers, nframes=raw.nframes,
+                             frame_size=raw.frame_size))
     return tuple(specs)
 
 
