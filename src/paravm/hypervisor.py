@@ -53,6 +53,7 @@ class Hypervisor:
         self._cond = threading.Condition()
         self._closed = False
         self._loop = None
+        self.ivc = None          # paravm.services.ivc.vmm.IvcService, with IVC queues
 
     @property
     def loop(self):
@@ -68,8 +69,10 @@ class Hypervisor:
     # --- domains -----------------------------------------------------------------
     def create_domain(self, name: str, image: str | os.PathLike, *, memory_mib: int = 64,
                       vcpus: int = 1, args: tuple[str, ...] | list[str] = (),
-                      domid: int | None = None) -> Domain:
-        """Load *image* into a new domain (not started).  Raises
+                      domid: int | None = None, regions: tuple = ()) -> Domain:
+        """Load *image* into a new domain (not started).  *regions*: extra
+        ``(gpa, FrameRange, readonly)`` to map before the vCPUs exist (see
+        :meth:`Domain.map_frames`).  Raises
         :class:`paravm.loader.ImageError` for a bad image, ``ValueError`` for bad
         parameters, ``OSError``/``KvmError`` if the kernel refuses."""
         from .vm.kvm_backend import KvmVm
@@ -110,7 +113,7 @@ class Hypervisor:
             dom = Domain(name=name, domid=domid, image=img, memory_bytes=memory_bytes,
                          nr_vcpus=vcpus, args=tuple(args), vm=vm, machine=self.machine,
                          sink=self.output, timing=self.timing, on_stop=self._domain_stopped,
-                         cpus=cpus)
+                         cpus=cpus, regions=regions)
         except BaseException:
             vm.close()
             raise
@@ -141,6 +144,24 @@ class Hypervisor:
                     self._images.clear()
                 self._images[key] = img
         return img
+
+    def create_from_manifest(self, manifest) -> list[Domain]:
+        """Every domain of a :class:`paravm.config.Manifest`, with its IVC
+        queues (shared areas mapped, info pages, doorbells wired)."""
+        from .services.ivc.vmm import IvcService
+        if manifest.ivc:
+            self.ivc = IvcService(self.machine, manifest.ivc,
+                                  {d.name: d.domid for d in manifest.domains})
+        made = []
+        for spec in manifest.domains:
+            regions = self.ivc.regions(spec.name) if self.ivc else ()
+            dom = self.create_domain(spec.name, spec.image, memory_mib=spec.memory_mib,
+                                     vcpus=spec.vcpus, args=spec.args, domid=spec.domid,
+                                     regions=regions)
+            if self.ivc:
+                self.ivc.attach(dom)
+            made.append(dom)
+        return made
 
     def create_from_spec(self, spec) -> Domain:
         """From a :class:`paravm.config.DomainSpec`."""
@@ -195,6 +216,8 @@ class Hypervisor:
                 errors.append(str(e))
         if self._loop is not None:
             self._loop.close()
+        if self.ivc is not None:
+            self.ivc.close()
         self.machine.close()
         self.kvm.close()
         if errors:

@@ -82,8 +82,7 @@ def cmd_run(args, t_process: int) -> int:
     interrupted = timed_out = False
     try:
         try:
-            for spec in manifest.domains:
-                hv.create_from_spec(spec)
+            hv.create_from_manifest(manifest)
         except ImageError as e:
             _err(f"{args.manifest}: domain image: {e}")
             return EXIT_USAGE

@@ -77,7 +77,8 @@ class Domain:
     def __init__(self, *, name: str, domid: int, image: Image, memory_bytes: int,
                  nr_vcpus: int, args: tuple[str, ...], vm: VmBackend,
                  machine: MachineMemory, sink: Sink | None, timing: bool = False,
-                 on_stop=None, cpus: list[int] | None = None) -> None:
+                 on_stop=None, cpus: list[int] | None = None,
+                 regions: tuple = ()) -> None:
         self.name, self.domid, self.image = name, domid, image
         self.nr_vcpus, self.args = nr_vcpus, args
         self.t_create_ns = time.perf_counter_ns()
@@ -106,12 +107,13 @@ class Domain:
         self.t_start_ns: int | None = None
         self.t_stop_ns: int | None = None
         try:
-            self._build(memory_bytes, timing, cpus)
+            self._build(memory_bytes, timing, cpus, regions)
         except BaseException:
             self.destroy()
             raise
 
-    def _build(self, memory_bytes: int, timing: bool, cpus: list[int] | None) -> None:
+    def _build(self, memory_bytes: int, timing: bool, cpus: list[int] | None,
+               regions: tuple) -> None:
         ram = self.machine.alloc(memory_bytes // PAGE_SIZE, f"{self.name}.ram")
         self._closers.append(lambda: self.machine.free(ram))
         self.ram = ram
@@ -119,6 +121,10 @@ class Domain:
         self._closers.append(self.memory.close)
         slot = self.vm.map_memory(0, ram.size, ram.hva)
         self._closers.append(lambda: self.vm.unmap_memory(slot))
+        # Extra regions go in before the vCPUs (and so before the irqchip):
+        # a memslot added after KVM_CREATE_IRQCHIP costs ~5 ms here.
+        for gpa, frames, readonly in regions:
+            self.map_frames(gpa, frames, readonly=readonly)
         mem = self.memory
         boot.build_page_tables(mem, self.nr_vcpus)
         boot.build_gdt_tss(mem, self.nr_vcpus)
@@ -132,6 +138,23 @@ class Domain:
         boot.write_boot_info(mem, domid=self.domid, name=self.name, nr_vcpus=self.nr_vcpus,
                              ram_size=ram.size, heap_start=self.image.end,
                              tsc_khz=self.vm.tsc_khz(), args=self.args)
+
+    def map_frames(self, gpa: int, frames, *, readonly: bool = False) -> None:
+        """Map a machine :class:`~paravm.memory.FrameRange` at *gpa* (page
+        aligned, inside the identity map, not overlapping RAM or another
+        region): a memslot (``KVM_MEM_READONLY`` if *readonly*) and a
+        :class:`~paravm.memory.Region` of :attr:`memory`.  ``ValueError`` on
+        a bad placement."""
+        if gpa % PAGE_SIZE or gpa < self.ram.size or gpa + frames.size > L.LAPIC_BASE - (32 << 20):
+            raise ValueError(f"{self.name}: cannot map {frames.size:#x} bytes at {gpa:#x}")
+        region = Region(gpa, frames, readonly=readonly)
+        self.memory.add_region(region)
+        try:
+            slot = self.vm.map_memory(gpa, frames.size, frames.hva, readonly=readonly)
+        except BaseException:
+            self.memory.remove_region(gpa)
+            raise
+        self._closers.append(lambda: self.vm.unmap_memory(slot))
 
     # --- running ------------------------------------------------------------------
     def start(self) -> None:
