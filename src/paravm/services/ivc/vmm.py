@@ -258,6 +258,11 @@ class IvcService:
                 return end
         raise KeyError(qid)
 
+    def host_endpoint(self, qid: int, **channel_options):
+        """A :class:`~.host.HostEndpoint` for the host's end of queue *qid*."""
+        from .host import HostEndpoint
+        return HostEndpoint(self, qid, **channel_options)
+
     def queue_of(self, end: QueueEnd) -> Queue:
         return next(q for q in self.queues if end in q.ends)
 

@@ -1,0 +1,1 @@
+"""Services: IVC, event channels, grant tables, lguest I/O, PVZ, MPT."""
