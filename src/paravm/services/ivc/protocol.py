@@ -45,9 +45,12 @@ What the code relies on, and why it is built this way:
   them).  TSO does *not* keep a store before a later load of another address:
   without the full barrier, writer and reader can both read the other's stale
   counter and both skip the notification (a lost wake-up).  CPython has no
-  fence primitive, so :func:`_full_barrier` acquires and releases a private,
-  uncontended lock: glibc's semaphore fast paths are ``lock``-prefixed
-  read-modify-writes, which are full barriers on x86 (about 0.1 us).
+  fence primitive, so the barrier (:func:`_full_barrier_of`) acquires and
+  releases a private, uncontended lock: glibc's semaphore fast paths are
+  ``lock``-prefixed read-modify-writes, which are full barriers on x86
+  (about 0.1 us).  Each counter access is one aligned 4-byte load or store
+  (on a little-endian host CPython's ``struct`` uses its native routines for
+  ``"<I"``, a 4-byte ``memcpy``), so the peer never sees a torn counter.
 * **Notifications** are edge hints, as in the reference: a writer notifies
   only when occupancy becomes 1 (empty -> non-empty), a reader only when it
   becomes ``nframes - 1`` (full -> not full); :meth:`Channel.reset` and every
@@ -59,7 +62,9 @@ What the code relies on, and why it is built this way:
   only concurrent party.
 * **Lean data path**: this is also the host endpoint's data path, so an
   operation does a few ``struct`` calls and slice copies on prepared views and
-  allocates nothing but what it returns (and a temporary slice object).
+  allocates nothing but what it returns (and a temporary slice object);
+  :meth:`Channel.read` and :meth:`Channel.write` inline their checks (about
+  1.3 us each here, a fence included).
 
 Where the references differ, the choice is a constructor argument: the
 errno for empty/full (``ENOMEM`` as downstream, the seed's library; or
@@ -476,11 +481,14 @@ class Channel:
         fs = self._frame_size
         if size > fs or size < 0:
             raise self._too_big("read", 0, size)
+        # As _read_status, inlined: this is the data path.
+        if _get(self._tx, STATE)[0] != ST_ESTABLISHED:
+            raise self._read_error(errno.ECONNRESET, "read")
         rx = self._rx
         nframes = self._nframes
         avail = (_get(rx, W_COUNT)[0] - _get(rx, R_COUNT)[0]) & _U32_MASK
-        if _get(self._tx, STATE)[0] != ST_ESTABLISHED or avail == 0 or avail > nframes:
-            raise self._read_error(self._read_status() or self._empty_full, "read")
+        if avail == 0 or avail > nframes:
+            raise self._read_error(self._empty_full, "read")
         pos = self._r_pos
         off = HEADER_SIZE + pos * fs
         data = rx[off:off + size].tobytes()
@@ -574,11 +582,14 @@ class Channel:
         fs = self._frame_size
         if n > fs:
             raise self._too_big("write", 0, n)
+        # As _write_status, inlined: this is the data path.
         tx = self._tx
         w, state = _get_line0(tx, 0)
+        if state != ST_ESTABLISHED:
+            raise self._write_error(errno.ECONNRESET, "write")
         nframes = self._nframes
-        if state != ST_ESTABLISHED or ((w - _get(tx, R_COUNT)[0]) & _U32_MASK) >= nframes:
-            raise self._write_error(self._write_status() or self._empty_full, "write")
+        if ((w - _get(tx, R_COUNT)[0]) & _U32_MASK) >= nframes:
+            raise self._write_error(self._empty_full, "write")
         pos = self._w_pos
         off = HEADER_SIZE + pos * fs
         end = off + n
