@@ -20,6 +20,7 @@ import re
 import threading
 import time
 
+from . import limits
 from .arch.x86 import layout as L
 from .loader import read_image
 from .memory import MachineMemory
@@ -27,7 +28,7 @@ from .vm.console import Sink, stdout_sink
 from .vm.domain import Domain, DomainResult
 
 _UNSET = object()
-_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_NAME = re.compile(limits.DOMAIN_NAME_PATTERN[1:-1])
 
 
 class Hypervisor:
@@ -90,11 +91,13 @@ class Hypervisor:
                 raise ValueError(f"domid {domid} outside 1..0x7fef (0 is the host)")
             if any(d.domid == domid for d in self.domains.values()):
                 raise ValueError(f"domid {domid} is taken")
-        if not 1 <= vcpus <= L.MAX_VCPUS:
-            raise ValueError(f"vcpus must be 1..{L.MAX_VCPUS}, got {vcpus}")
+        if not limits.VCPUS_MIN <= vcpus <= limits.VCPUS_MAX:
+            raise ValueError(f"vcpus must be {limits.VCPUS_MIN}..{limits.VCPUS_MAX}, "
+                             f"got {vcpus}")
         memory_bytes = memory_mib << 20
-        if not 2 <= memory_mib <= (3 << 10):
-            raise ValueError(f"memory must be 2..3072 MiB, got {memory_mib}")
+        if not limits.MEMORY_MIB_MIN <= memory_mib <= limits.MEMORY_MIB_MAX:
+            raise ValueError(f"memory must be {limits.MEMORY_MIB_MIN}..{limits.MEMORY_MIB_MAX}"
+                             f" MiB, got {memory_mib}")
         if L.stacks_bottom(memory_bytes, vcpus) <= L.RESERVED_END:
             raise ValueError(f"{memory_mib} MiB is too small for {vcpus} vCPU stacks")
         img = self._image(image, memory_bytes, vcpus)
@@ -127,9 +130,10 @@ class Hypervisor:
         dom.pio_bus.insert(DEBUGCON_PORT, 1, DebugCon(dom.console), "debugcon")
 
     def _image(self, path, memory_bytes: int, vcpus: int):
-        """Read (or reuse) a checked image.  Parsing with pyelftools costs ~3 ms;
-        the cache key includes the file's identity and mtime, so a rebuilt
-        image is read again."""
+        """Read (or reuse) a checked image.  This in-process cache spares a
+        repeated create the file read, hash and on-disk cache lookup of
+        :func:`read_image`; its key includes the file's identity and mtime, so
+        a rebuilt image is read again."""
         try:
             st = os.stat(path)
             key = (os.path.realpath(path), st.st_ino, st.st_mtime_ns, st.st_size,
@@ -154,19 +158,17 @@ class Hypervisor:
                                   {d.name: d.domid for d in manifest.domains})
         made = []
         for spec in manifest.domains:
-            regions = self.ivc.regions(spec.name) if self.ivc else ()
-            dom = self.create_domain(spec.name, spec.image, memory_mib=spec.memory_mib,
-                                     vcpus=spec.vcpus, args=spec.args, domid=spec.domid,
-                                     regions=regions)
+            dom = self.create_from_spec(spec, self.ivc.regions(spec.name) if self.ivc else ())
             if self.ivc:
                 self.ivc.attach(dom)
             made.append(dom)
         return made
 
-    def create_from_spec(self, spec) -> Domain:
-        """From a :class:`paravm.config.DomainSpec`."""
+    def create_from_spec(self, spec, regions: tuple = ()) -> Domain:
+        """From a :class:`paravm.config.DomainSpec` (*regions* as :meth:`create_domain`)."""
         return self.create_domain(spec.name, spec.image, memory_mib=spec.memory_mib,
-                                  vcpus=spec.vcpus, args=spec.args, domid=spec.domid)
+                                  vcpus=spec.vcpus, args=spec.args, domid=spec.domid,
+                                  regions=regions)
 
     def start_all(self) -> None:
         """Start every domain not started or stopped yet."""

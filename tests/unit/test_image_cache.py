@@ -105,6 +105,7 @@ def test_refusals_are_not_cached(cache_dir, tmp_path):
     ("gpa", 0x1000),          # over the page tables
     ("offset", 1 << 40),      # beyond the file
     ("filesz", 1 << 30),      # more than memsz
+    ("filesz", -1),           # negative
 ])
 def test_a_tampered_entry_is_reparsed_not_trusted(cache_dir, image, field, value):
     good = read_image(image, RAM, 1)

@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from paravm.kvm import abi
-from paravm.vm.backend import (EXIT_FAIL_ENTRY, EXIT_HYPERCALL, EXIT_HYPERCALL_BLOCK,
+from paravm.vm.backend import (EXIT_FAIL_ENTRY, EXIT_INTR, EXIT_HYPERCALL, EXIT_HYPERCALL_BLOCK,
                                EXIT_INTERNAL_ERROR, EXIT_IO_IN, EXIT_IO_OUT, EXIT_MMIO_READ,
                                EXIT_MMIO_WRITE, EXIT_SHUTDOWN, EXIT_UNKNOWN)
 from paravm.vm.kvm_backend import KvmVcpu
@@ -100,5 +100,11 @@ def test_shutdown_and_unknown_reasons():
 def test_run_recognises_hypercalls_in_one_compare(port, size, count, want):
     page = io_page(abi.KVM_EXIT_IO_OUT, size, port, count=count)
     v = vcpu_over(page)
-    v._fd = -1
-    assert v.run(_ioctl=lambda fd, req, arg: 0) == want
+    v._kvm_run = lambda: abi.KVM_EXIT_IO      # what Vcpu.run returns for this page
+    assert v.run() == want
+
+
+def test_run_passes_a_signal_on_as_exit_intr():
+    v = vcpu_over(bytearray(PAGE))
+    v._kvm_run = lambda: abi.KVM_EXIT_INTR
+    assert v.run() == EXIT_INTR

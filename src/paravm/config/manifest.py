@@ -25,6 +25,9 @@ from typing import Annotated, Any, NoReturn
 
 import msgspec
 
+from ..limits import (DOMAIN_NAME_PATTERN, MEMORY_MIB_MAX, MEMORY_MIB_MIN, VCPUS_MAX,
+                      VCPUS_MIN)
+
 __all__ = [
     "ARGS_MAX_BYTES",
     "DOMAIN_NAME_PATTERN",
@@ -36,11 +39,9 @@ __all__ = [
     "parse_manifest",
 ]
 
-DOMAIN_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"
 RESERVED_DOMAIN_NAMES = frozenset({"host"})  # the host is domain 0
-# RAM sits below the 32-bit MMIO hole (LAPIC at 0xFEE00000), hence 3 GiB at most.
-MEMORY_MIB_DEFAULT, MEMORY_MIB_MIN, MEMORY_MIB_MAX = 64, 2, 3072
-VCPUS_DEFAULT, VCPUS_MIN, VCPUS_MAX = 1, 1, 32
+MEMORY_MIB_DEFAULT = 64
+VCPUS_DEFAULT = 1
 IVC_ID_MAX = 0xFFFF
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 

@@ -96,7 +96,7 @@ def consistent(info: ElfInfo, file_size: int) -> bool:
     and the vector table inside executable segments."""
     prev_end = L.RESERVED_END
     for _, gpa, offset, filesz, memsz, _ in info.segments:
-        if gpa < prev_end or filesz > memsz or memsz <= 0 or offset < 0 \
+        if gpa < prev_end or not 0 <= filesz <= memsz or memsz <= 0 or offset < 0 \
                 or offset + filesz > file_size:
             return False
         prev_end = gpa + memsz

@@ -8,14 +8,12 @@ does.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import signal
 import threading
 
 from ..arch.x86 import boot, layout as L
 from ..hypercall.abi import HC_BLOCK_PORT, HC_PORT
-from ..kvm import Kvm, KvmError, KvmUnavailable, abi
+from ..kvm import Kvm, KvmUnavailable, abi
 from .backend import (EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_HYPERCALL, EXIT_HYPERCALL_BLOCK,
                       EXIT_INTERNAL_ERROR, EXIT_INTR, EXIT_IO_IN, EXIT_IO_OUT, EXIT_MMIO_READ,
                       EXIT_MMIO_WRITE, EXIT_SHUTDOWN, EXIT_SYSTEM_EVENT, EXIT_UNKNOWN,
@@ -63,7 +61,6 @@ _HC_WORD = abi.KVM_EXIT_IO_OUT | (4 << 8) | (HC_PORT << 16)
 _HC_BLOCK_WORD = abi.KVM_EXIT_IO_OUT | (4 << 8) | (HC_BLOCK_PORT << 16)
 _RUN_IO_WORD = _IO_DIR // 4
 _RUN_IO_COUNT = _IO_COUNT // 4
-_RUN_REASON = abi.RUN_EXIT_REASON // 4
 _MMIO_ADDR, _MMIO_DATA, _MMIO_LEN, _MMIO_IS_WRITE = 32, 40, 48, 52
 
 
@@ -94,10 +91,9 @@ class KvmVcpu(VcpuBackend):
         # One view per access width, made once (no view per exit; all released in close()).
         self._mmio_views = [self._mmio_data[:n] for n in range(9)]
         self._io_views: dict[tuple[int, int], memoryview] = {}
-        self._dirty_index = abi.RUN_DIRTY_REGS // 8
+        self._kvm_run = vcpu.run     # KVM_RUN; a signal comes back as KVM_EXIT_INTR
         self.dirty_flag = vcpu.run_u8[abi.RUN_DIRTY_REGS:abi.RUN_DIRTY_REGS + 8].cast("Q")
         self.dirty_value = abi.KVM_SYNC_X86_REGS
-        self._fd = vcpu.fd
         self._thread_ident: int | None = None
         self._kick_lock = threading.Lock()
         self.port = self.addr = self.size = 0
@@ -112,17 +108,9 @@ class KvmVcpu(VcpuBackend):
         with self._kick_lock:
             self._thread_ident = None
 
-    def run(self, _ioctl=fcntl.ioctl, _KVM_RUN=abi.KVM_RUN) -> int:
-        try:
-            _ioctl(self._fd, _KVM_RUN, 0)
-        except InterruptedError:
-            return EXIT_INTR
-        except OSError as e:
-            if e.errno == errno.EAGAIN:
-                return EXIT_INTR
-            raise KvmError(e.errno, f"KVM_RUN: {e.strerror}") from None
+    def run(self) -> int:
+        reason = self._kvm_run()
         u32 = self._u32
-        reason = u32[_RUN_REASON]
         if reason == abi.KVM_EXIT_IO and u32[_RUN_IO_COUNT] == 1:
             word = u32[_RUN_IO_WORD]
             if word == _HC_WORD:
@@ -177,7 +165,7 @@ class KvmVcpu(VcpuBackend):
         return kind
 
     def regs_dirty(self) -> None:
-        self._u64[self._dirty_index] |= abi.KVM_SYNC_X86_REGS
+        self.kvcpu.mark_regs_dirty()
 
     def kick(self) -> None:
         self.kvcpu.set_immediate_exit(True)

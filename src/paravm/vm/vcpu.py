@@ -196,21 +196,15 @@ class VcpuRunner:
         run = be.run
         regs = be.regs
         dirty, DIRTY = be.dirty_flag, be.dirty_value
-        dom = self.domain
-        handlers = dom.hypercalls.handlers
+        handlers = self.domain.hypercalls.handlers
         counts = self.exit_counts
         hcounts = self.hypercall_counts
         timing = self.timing
         exit_ns = self.exit_ns
         perf = time.perf_counter_ns
         HC_MAX, ENOSYS, EFAULT = hc.HC_MAX, -hc.ENOSYS, -hc.EFAULT
-        # The block form reads its 64-byte block straight from RAM (region 0 at
-        # GPA 0) when it lies there; anywhere else goes through GuestMemory.
-        ram = dom.memory.regions[0]
-        ram_view, ram_size = ram.view, ram.size
-        unpack_block, pack_ret = _BLOCK_ARGS.unpack_from, _RET.pack_into
-        dispatch = _dispatch
-        RESERVED_END = L.RESERVED_END
+        # Only the register form is inlined here (the ABI the SDK uses); the
+        # block form and every other exit go through handle_exit.
         if self._pause:
             self._park()
         if self._stop:
@@ -239,16 +233,6 @@ class VcpuRunner:
                         return
                 regs[RAX] = ret & MASK64
                 dirty[0] = DIRTY
-            elif kind == EXIT_HYPERCALL_BLOCK:
-                gpa = regs[RAX] & 0xFFFFFFFF
-                if RESERVED_END <= gpa and gpa + HC_BLOCK_SIZE <= ram_size and not gpa & 7:
-                    # One copy of the block into locals, then validation: no TOCTOU.
-                    ret = dispatch(self, *unpack_block(ram_view, gpa))
-                    if ret is None:
-                        return
-                    pack_ret(ram_view, gpa + 56, ret & MASK64)
-                elif not _block_hypercall(self, gpa):
-                    return
             elif kind == EXIT_INTR:
                 # Clear first, then look at the flags: a request made after the
                 # look re-arms immediate_exit, so it cannot be lost.
@@ -309,9 +293,6 @@ def handle_exit(runner: VcpuRunner, kind: int) -> bool:
 
 
 _BLOCK = struct.Struct("<Q6Qq")
-_BLOCK_ARGS = struct.Struct("<7Q")   # nr, args[6]
-_RET = struct.Struct("<Q")
-HC_BLOCK_SIZE = hc.HC_BLOCK_SIZE
 
 
 def _dispatch(runner: VcpuRunner, nr: int, a0: int, a1: int, a2: int, a3: int, a4: int,

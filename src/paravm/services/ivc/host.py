@@ -27,7 +27,7 @@ class HostEndpoint:
         end = service.host_end(qid)
         if end.peer.irqfd is None:
             raise RuntimeError(f"IVC queue {qid}: the guest peer is not attached yet")
-        q = service.queue_of(end)
+        q = end.queue
         rx, tx = q.channel_views(end)
         self.qid = qid
         self.peer_vmid = end.peer.vmid

@@ -115,7 +115,14 @@ _INT_MAX = 0x7FFF_FFFF
 _U32 = struct.Struct("<I")
 _get = _U32.unpack_from
 _put = _U32.pack_into
-_get_line0 = struct.Struct("<II").unpack_from      # (w_count, state)
+
+
+def _byte_view(data):
+    """*data* (any bytes-like) as something whose len() is its byte count."""
+    if type(data) is bytes or type(data) is bytearray:
+        return data
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def align(x: int) -> int:
@@ -481,25 +488,12 @@ class Channel:
         fs = self._frame_size
         if size > fs or size < 0:
             raise self._too_big("read", 0, size)
-        # As _read_status, inlined: this is the data path.
-        if _get(self._tx, STATE)[0] != ST_ESTABLISHED:
-            raise self._read_error(errno.ECONNRESET, "read")
-        rx = self._rx
-        nframes = self._nframes
-        avail = (_get(rx, W_COUNT)[0] - _get(rx, R_COUNT)[0]) & _U32_MASK
-        if avail == 0 or avail > nframes:
-            raise self._read_error(self._empty_full, "read")
-        pos = self._r_pos
-        off = HEADER_SIZE + pos * fs
-        data = rx[off:off + size].tobytes()
-        # As _advance_rx, inlined: this is the data path.
-        r = (_get(rx, R_COUNT)[0] + 1) & _U32_MASK
-        _put(rx, R_COUNT, r)
-        pos += 1
-        self._r_pos = 0 if pos == nframes else pos
-        self._mb()
-        if ((_get(rx, W_COUNT)[0] - r) & _U32_MASK) == nframes - 1:
-            self._notify()
+        code = self._read_status()
+        if code:
+            raise self._read_error(code, "read")
+        off = HEADER_SIZE + self._r_pos * fs
+        data = self._rx[off:off + size].tobytes()
+        self._advance_rx()
         return data
 
     def read_into(self, buf) -> int:
@@ -574,36 +568,20 @@ class Channel:
         ``ECONNRESET`` / full.  Notifies the peer if the channel was empty.
         As ``tegra_ivc_write``.
         """
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data)
-            if data.format != "B" or data.ndim != 1:
-                data = data.cast("B")
+        data = _byte_view(data)
         n = len(data)
         fs = self._frame_size
         if n > fs:
             raise self._too_big("write", 0, n)
-        # As _write_status, inlined: this is the data path.
+        code = self._write_status()
+        if code:
+            raise self._write_error(code, "write")
+        off = HEADER_SIZE + self._w_pos * fs
         tx = self._tx
-        w, state = _get_line0(tx, 0)
-        if state != ST_ESTABLISHED:
-            raise self._write_error(errno.ECONNRESET, "write")
-        nframes = self._nframes
-        if ((w - _get(tx, R_COUNT)[0]) & _U32_MASK) >= nframes:
-            raise self._write_error(self._empty_full, "write")
-        pos = self._w_pos
-        off = HEADER_SIZE + pos * fs
-        end = off + n
-        tx[off:end] = data
+        tx[off:off + n] = data
         if n != fs:
-            tx[end:off + fs] = self._zeros[n:]
-        # As _advance_tx, inlined: this is the data path.
-        w = (_get(tx, W_COUNT)[0] + 1) & _U32_MASK
-        _put(tx, W_COUNT, w)
-        pos += 1
-        self._w_pos = 0 if pos == nframes else pos
-        self._mb()
-        if ((w - _get(tx, R_COUNT)[0]) & _U32_MASK) == 1:
-            self._notify()
+            tx[off + n:off + fs] = self._zeros[n:]
+        self._advance_tx()
         return n
 
     def write_poke(self, data, offset: int) -> int:
@@ -612,10 +590,7 @@ class Channel:
         Bounds as :meth:`read_peek` (``E2BIG``); then ``ECONNRESET`` / full.
         Send the frame with :meth:`write_advance`.
         """
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data)
-            if data.format != "B" or data.ndim != 1:
-                data = data.cast("B")
+        data = _byte_view(data)
         n = len(data)
         fs = self._frame_size
         if offset < 0 or offset > fs or n > fs - offset:

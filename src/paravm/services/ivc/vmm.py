@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from ...hypercall import abi as hc
 from ...hypercall.table import HypercallError
 from ...memory import PAGE_SIZE
+from .protocol import total_queue_size
 
 IVC_INFO_GPA = 0xC0000000          # one read-only page per guest
 IVC_AREA_GPA = 0xC0010000          # shared areas, one after another, page aligned
@@ -49,16 +50,10 @@ HC_IVC_READ_GID = 17               # () -> my vmid (domid)
 HC_IVC_RAISE_IRQ = 18              # (raise_irq, peer vmid) -> 0, -EINVAL, -EPERM, -EBUSY
 
 RAISE_IRQ_RATE = 20000             # per queue end, per second (token bucket)
-HEADER = 128
-ALIGN = 64
 
 _INFO = struct.Struct("<IIII")
 _AREA = struct.Struct("<QQIHH")
 _QUEUE = struct.Struct("<IIIIIIIHH")
-
-
-def total_queue_size(queue_size: int) -> int:
-    return 0 if queue_size % ALIGN else queue_size + HEADER
 
 
 @dataclass
@@ -72,8 +67,10 @@ class QueueEnd:
     irq: int = 0          # receive vector (guests)
     raise_irq: int = 0    # doorbell token the owner rings the peer with
     peer: "QueueEnd | None" = None
+    queue: "Queue | None" = None
     eventfd: int = -1     # signalled when this end is rung (rx side)
     irqfd: object = None  # Irqfd of a guest end
+    wired: bool = False   # this end's doorbell reaches its peer
     tokens: float = RAISE_IRQ_RATE
     last: float = 0.0
 
@@ -119,6 +116,7 @@ class IvcService:
         self.ends: dict[str, list[QueueEnd]] = {}
         self.info_pages: dict[str, object] = {}
         self._eventfds: list[int] = []
+        self._domains: dict[str, object] = {}    # attached guest domains by name
         self._plan()
 
     # --- planning (no KVM) --------------------------------------------------------------
@@ -138,6 +136,7 @@ class IvcService:
                 q.ends = [QueueEnd(a, pa, spec.id, (pa, pb), True),
                           QueueEnd(b, pb, spec.id, (pa, pb), False)]
             q.ends[0].peer, q.ends[1].peer = q.ends[1], q.ends[0]
+            q.ends[0].queue = q.ends[1].queue = q
             self.queues.append(q)
             for end in q.ends:
                 self.ends.setdefault(end.owner, []).append(end)
@@ -171,7 +170,7 @@ class IvcService:
             other = a.pair[0] if a.pair[1] == name else a.pair[1]
             out += _AREA.pack(a.gpa[name], _pages(a.size), self.domids[other], 0, 0)
         for end in ends:
-            q = next(q for q in self.queues if end in q.ends)
+            q = end.queue
             out += _QUEUE.pack(end.qid, end.peers[0], end.peers[1], q.size, q.spec.nframes,
                                q.spec.frame_size, q.offset, end.irq, end.raise_irq)
         if len(out) > PAGE_SIZE:
@@ -212,17 +211,16 @@ class IvcService:
             # The vector this end receives on: an eventfd -> irqfd.
             end.irqfd = domain.irqfd(0, end.irq)
             end.eventfd = end.irqfd.fileno()
-        self._domains = getattr(self, "_domains", {})
         self._domains[name] = domain
         self._wire_doorbells()
 
     def _wire_doorbells(self) -> None:
         """For every end whose owner and peer are both ready: the owner's
         doorbell write signals the peer's eventfd in-kernel."""
-        doms = getattr(self, "_domains", {})
+        doms = self._domains
         for q in self.queues:
             for end in q.ends:
-                if end.owner == "host" or end.owner not in doms or getattr(end, "wired", False):
+                if end.owner == "host" or end.owner not in doms or end.wired:
                     continue
                 peer = end.peer
                 if peer.owner == "host":
@@ -262,9 +260,6 @@ class IvcService:
         """A :class:`~.host.HostEndpoint` for the host's end of queue *qid*."""
         from .host import HostEndpoint
         return HostEndpoint(self, qid, **channel_options)
-
-    def queue_of(self, end: QueueEnd) -> Queue:
-        return next(q for q in self.queues if end in q.ends)
 
     def close(self) -> None:
         for fd in self._eventfds:
