@@ -39,6 +39,12 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"{ns['paravm-block'] / 1e3:.1f} us",
                     f"C KVM loop, block form: {ns['c-block'] / 1e3:.1f} us",
                     f"{r['paravm_block/c_block']:.2f}x", "—"))
+        if "paravm-regs-unpinned" in ns:
+            out.append(("register form, vCPU thread pinned (default) vs not pinned",
+                        f"{ns['paravm-regs'] / 1e3:.1f} us",
+                        f"not pinned: {ns['paravm-regs-unpinned'] / 1e3:.1f} us",
+                        f"{r['paravm_regs/paravm_regs_unpinned']:.2f}x",
+                        "why `pin_vcpus=True` is the default"))
         out.append(("`KVM_GET_REGS`+`KVM_SET_REGS` instead of synced registers (C)",
                     f"{ns['c-getregs'] / 1e3:.1f} us", f"C, synced: {ns['c'] / 1e3:.1f} us",
                     f"{r['c_getregs/c']:.2f}x", "why the ABI uses `KVM_CAP_SYNC_REGS`"))
@@ -51,10 +57,22 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"`python -c`: {p['python -c']['median']:.1f} ms",
                     f"{med / p['python -c']['median']:.2f}x",
                     f"≤ 40 ms: {'met' if med <= 40 else 'not met'}"))
+        if "paravm, no image cache" in p:
+            nc = p["paravm, no image cache"]["median"]
+            out.append(("process start → first output, image cache on (default) vs off",
+                        f"{med:.1f} ms", f"no image cache: {nc:.1f} ms", f"{med / nc:.2f}x",
+                        "why checked ELF facts are cached"))
         warm = v["warm"]["median"]
         out.append(("VM create → first output, in process (warm; cold "
                     f"{v['cold']['median']:.1f} ms)", f"{warm:.2f} ms", "goal 2 ms",
                     f"{warm / 2:.2f}x", f"≤ 2 ms: {'met' if warm <= 2 else 'not met'}"))
+    ms = _load("memslot")
+    if ms:
+        m = {k: x["median"] for k, x in ms["ms"].items()}
+        before, after = m["RAM slot before irqchip (paravm)"], m["RAM slot after irqchip"]
+        out.append(("64 MiB RAM memslot added before the irqchip (`memslot`)",
+                    f"{before:.2f} ms", f"after the irqchip: {after:.2f} ms",
+                    f"{before / after:.3f}x", "why RAM is mapped first"))
     rss = _load("rss")
     if rss:
         k = "paravm run (64 MiB guest)"

@@ -8,6 +8,8 @@ Configurations, alternated round by round in one run (median of the rounds):
 * ``c-block``      cvmm.c: port 0xE1 with the GPA of an argument block
 * ``paravm-regs``  guest.c under paravm: pv_hypercall0(PV_HC_NOP)
 * ``paravm-block`` guest.c under paravm: pv_hypercall_block, nr = PV_HC_NOP
+* ``paravm-regs-unpinned`` the register form with ``Hypervisor(pin_vcpus=False)``:
+  the baseline of paravm's choice to pin vCPU threads to host CPUs
 
 Goal: paravm-regs / c <= 1.10.  Writes bench/results/exit_roundtrip.json.
 
@@ -73,9 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
     samples: dict[str, list[float]] = {m: [] for m in C_MODES}
     samples.update({f"paravm-{m}": [] for m in PARAVM_MODES})
+    samples["paravm-regs-unpinned"] = []
     tsc: dict[str, list[float]] = {f"paravm-{m}": [] for m in PARAVM_MODES}
     t_start = time.monotonic()
-    with paravm.Hypervisor(output=None) as hv:
+    with paravm.Hypervisor(output=None) as hv, \
+            paravm.Hypervisor(output=None, pin_vcpus=False) as hv_unpinned:
         for r in range(args.rounds):
             # Alternate C and paravm within each round, so drift hits both.
             for c_mode, pv_mode in zip(C_MODES, PARAVM_MODES + (None,)):
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                     res = run_paravm(hv, pv_mode, args.n)
                     samples[f"paravm-{pv_mode}"].append(float(res["ns_per_call"]))
                     tsc[f"paravm-{pv_mode}"].append(float(res["tsc_ns_per_call"]))
+            samples["paravm-regs-unpinned"].append(
+                float(run_paravm(hv_unpinned, "regs", args.n)["ns_per_call"]))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(
                 f"{k} {v[-1] / 1e3:.1f}" for k, v in samples.items()) + " us", file=sys.stderr)
 
@@ -94,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
         "paravm_regs/c": [p / c for p, c in zip(samples["paravm-regs"], samples["c"])],
         "paravm_block/c_block": [p / c for p, c in zip(samples["paravm-block"],
                                                        samples["c-block"])],
+        "paravm_regs/paravm_regs_unpinned": [p / u for p, u in zip(
+            samples["paravm-regs"], samples["paravm-regs-unpinned"])],
     }
     ratios = {
         "paravm_regs/c": med["paravm-regs"] / med["c"],
         "paravm_block/c": med["paravm-block"] / med["c"],
         "paravm_block/c_block": med["paravm-block"] / med["c-block"],
         "c_getregs/c": med["c-getregs"] / med["c"],
+        "paravm_regs/paravm_regs_unpinned": med["paravm-regs"] / med["paravm-regs-unpinned"],
     }
     data = {
         "benchmark": NAME,

@@ -27,6 +27,7 @@ HELLO = REPO / "examples/hello/hello.elf"
 
 
 def first_line_ms(argv: list[str], env=None) -> tuple[float, str]:
+    """ms from spawning *argv* to its first stdout line, and the line."""
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     line = p.stdout.readline()
@@ -41,12 +42,17 @@ def process_first_output(rounds: int, manifest: Path) -> dict[str, list[float]]:
     if not os.path.exists(paravm[0]):
         paravm = [sys.executable, "-m", "paravm", "run", str(manifest)]
     floor = [sys.executable, "-c", "print('x')"]
-    out: dict[str, list[float]] = {"paravm": [], "python -c": []}
-    for _ in range(rounds):  # alternate, so drift hits both alike
-        ms, line = first_line_ms(paravm)
-        if "hello from" not in line:
-            sys.exit(f"bench: unexpected first line from paravm: {line!r}")
-        out["paravm"].append(ms)
+    # The baseline of the on-disk image cache: the same run with it disabled
+    # (pyelftools imported and the image parsed every time).
+    no_cache = dict(os.environ, PARAVM_CACHE_DIR="")
+    out: dict[str, list[float]] = {"paravm": [], "paravm, no image cache": [], "python -c": []}
+    first_line_ms(paravm)    # fill the image cache
+    for _ in range(rounds):  # alternate, so drift hits all alike
+        for key, env in (("paravm", None), ("paravm, no image cache", no_cache)):
+            ms, line = first_line_ms(paravm, env)
+            if "hello from" not in line:
+                sys.exit(f"bench: unexpected first line from paravm: {line!r}")
+            out[key].append(ms)
         out["python -c"].append(first_line_ms(floor)[0])
     return out
 
@@ -91,6 +97,8 @@ def main() -> None:
         "vm_create_to_first_output_ms": {k: summary(v) for k, v in inproc.items()},
         "ratios": {
             "paravm / python -c (interpreter floor)": med["paravm"] / med["python -c"],
+            "paravm / paravm without the image cache":
+                med["paravm"] / med["paravm, no image cache"],
             "paravm / 40 ms goal": med["paravm"] / 40.0,
             "in-process warm / 2 ms goal": med["in-process warm"] / 2.0,
         },

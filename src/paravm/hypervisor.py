@@ -35,7 +35,7 @@ class Hypervisor:
     """*output*: ``fn(domain_name, line)`` for console lines (default: stdout
     with a ``name|`` prefix; ``None`` to only capture).  *timing*: measure time
     per exit reason (for ``--stats``).  *pin_vcpus*: pin each vCPU thread to one
-    host CPU, round robin over the CPUs this process may use (exits are ~10%
+    host CPU, round robin over the CPUs this process may use (exits are ~9%
     cheaper on this machine when the thread does not move)."""
 
     def __init__(self, *, output: Sink | None = _UNSET, kvm_path: str = "/dev/kvm",
@@ -152,8 +152,8 @@ class Hypervisor:
     def create_from_manifest(self, manifest) -> list[Domain]:
         """Every domain of a :class:`paravm.config.Manifest`, with its IVC
         queues (shared areas mapped, info pages, doorbells wired)."""
-        from .services.ivc.vmm import IvcService
         if manifest.ivc:
+            from .services.ivc.vmm import IvcService
             self.ivc = IvcService(self.machine, manifest.ivc,
                                   {d.name: d.domid for d in manifest.domains})
         made = []

@@ -122,7 +122,8 @@ class Domain:
         slot = self.vm.map_memory(0, ram.size, ram.hva)
         self._closers.append(lambda: self.vm.unmap_memory(slot))
         # Extra regions go in before the vCPUs (and so before the irqchip):
-        # a memslot added after KVM_CREATE_IRQCHIP costs ~5 ms here.
+        # a memslot added after KVM_CREATE_IRQCHIP costs ~7 ms here
+        # (bench/memslot).
         for gpa, frames, readonly in regions:
             self.map_frames(gpa, frames, readonly=readonly)
         mem = self.memory

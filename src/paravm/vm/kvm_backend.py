@@ -217,7 +217,7 @@ class KvmVm(VmBackend):
             self.vm.close()
             raise
         # The irqchip is created just before the first vCPU: measured here, the
-        # first memslot added after KVM_CREATE_IRQCHIP costs ~5 ms, before it
+        # first memslot added after KVM_CREATE_IRQCHIP costs ~7 ms, before it
         # ~0.1 ms, so RAM is mapped first.
         self._irqchip = False
         self._free_slots: list[int] = []
