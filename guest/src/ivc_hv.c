@@ -10,6 +10,7 @@ struct hv_queue {
     struct tegra_ivc ivc;
     const struct tegra_hv_ivc_ops *ops;
     int user;
+    int doorbell;              /* PV_IVC_DOORBELL_* */
 };
 
 static struct {
@@ -23,8 +24,12 @@ static struct {
 static void ring_peer(struct tegra_ivc *ivc, void *data)
 {
     (void)ivc;
-    const struct tegra_hv_queue_data *qd = data;
-    __asm__ volatile("outl %%eax, %%dx" : : "a"((uint32_t)qd->raise_irq),
+    const struct hv_queue *q = data;
+    if (q->doorbell == PV_IVC_DOORBELL_HYPERCALL) {
+        pv_hypercall2(PV_HC_IVC_RAISE_IRQ, q->qd->raise_irq, (unsigned)q->cookie.peer_vmid);
+        return;
+    }
+    __asm__ volatile("outl %%eax, %%dx" : : "a"((uint32_t)q->qd->raise_irq),
                      "d"((uint16_t)PV_IVC_DOORBELL_PORT) : "memory");
 }
 
@@ -53,16 +58,16 @@ static int probe(void)
         int rx_first = loopback ? !(qd->id & 1) : qd->peers[0] == (uint32_t)hv.vmid;
         char *base = (char *)area->pa + qd->offset;
         struct hv_queue *q = &hv.queues[hv.nqueues];
-        if (tegra_ivc_init(&q->ivc, rx_first ? base : base + qd->size,
-                           rx_first ? base + qd->size : base, qd->nframes, qd->frame_size,
-                           ring_peer, (void *)qd) != 0)
-            continue;
-        tegra_ivc_channel_sync(&q->ivc);
         q->qd = qd;
         q->cookie.irq = qd->irq;
         q->cookie.peer_vmid = peer;
         q->cookie.nframes = (int)qd->nframes;
         q->cookie.frame_size = (int)qd->frame_size;
+        if (tegra_ivc_init(&q->ivc, rx_first ? base : base + qd->size,
+                           rx_first ? base + qd->size : base, qd->nframes, qd->frame_size,
+                           ring_peer, q) != 0)
+            continue;
+        tegra_ivc_channel_sync(&q->ivc);
         hv.nqueues++;
     }
     hv.info = info;
@@ -265,6 +270,14 @@ int tegra_hv_ivc_perform_loopback(struct tegra_hv_ivc_cookie *c)
 {
     /* Gen-0 only: a reserved queue is never in loopback. */
     return Q(c)->user == USER_LOOPBACK ? (echo(Q(c)), 0) : -PV_EINVAL;
+}
+
+int pv_ivc_set_doorbell(struct tegra_hv_ivc_cookie *c, int mode)
+{
+    if (mode != PV_IVC_DOORBELL_PORT_IO && mode != PV_IVC_DOORBELL_HYPERCALL)
+        return -PV_EINVAL;
+    Q(c)->doorbell = mode;
+    return 0;
 }
 
 struct tegra_ivc *tegra_hv_ivc_convert_cookie(struct tegra_hv_ivc_cookie *c) { return &Q(c)->ivc; }

@@ -93,6 +93,15 @@ int tegra_hv_ivc_set_loopback(struct tegra_hv_ivc_cookie *ivck, int mode);
 int tegra_hv_ivc_perform_loopback(struct tegra_hv_ivc_cookie *ivck);
 int pv_ivc_set_loopback(int id, int mode);
 
+/* How this end rings its peer (a paravm extension): PV_IVC_DOORBELL_PORT_IO
+ * (the default) is `outl raise_irq, $0x510`, signalled in the kernel with no
+ * VMM exit; PV_IVC_DOORBELL_HYPERCALL is the RAISE_IRQ hypercall, relayed by
+ * the VMM (an exit per notification; counted in the VMM's statistics).
+ * 0, or -PV_EINVAL for another mode. */
+#define PV_IVC_DOORBELL_PORT_IO   0
+#define PV_IVC_DOORBELL_HYPERCALL 1
+int pv_ivc_set_doorbell(struct tegra_hv_ivc_cookie *ivck, int mode);
+
 /* The queue's tegra_ivc channel (for the tegra_ivc_* calls). */
 struct tegra_ivc *tegra_hv_ivc_convert_cookie(struct tegra_hv_ivc_cookie *ivck);
 /* My vmid (READ_GID). */
