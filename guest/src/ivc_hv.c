@@ -13,12 +13,20 @@ struct hv_queue {
     int doorbell;              /* PV_IVC_DOORBELL_* */
 };
 
+struct hv_mempool {
+    struct tegra_hv_ivm_cookie cookie;   /* first: cookie <-> mempool */
+    uint32_t id;
+    int reserved;
+};
+
 static struct {
     int state;                 /* 0 not probed, 1 ready, -errno failed */
     int vmid;
     const struct ivc_info_page *info;
     int nqueues;
     struct hv_queue queues[PV_IVC_MAX_QUEUES];
+    int nmempools;
+    struct hv_mempool mempools[PV_IVC_MAX_MEMPOOLS];
 } hv;
 
 static void ring_peer(struct tegra_ivc *ivc, void *data)
@@ -69,6 +77,16 @@ static int probe(void)
             continue;
         tegra_ivc_channel_sync(&q->ivc);
         hv.nqueues++;
+    }
+    const struct ivc_mempool *pools = (const void *)(qds + info->nr_queues);
+    unsigned np = info->nr_mempools < PV_IVC_MAX_MEMPOOLS ? info->nr_mempools
+                                                          : PV_IVC_MAX_MEMPOOLS;
+    for (unsigned i = 0; i < np; i++) {
+        struct hv_mempool *m = &hv.mempools[hv.nmempools++];
+        m->id = pools[i].id;
+        m->cookie.ipa = pools[i].pa;
+        m->cookie.size = pools[i].size;
+        m->cookie.peer_vmid = pools[i].peer_vmid;
     }
     hv.info = info;
     hv.state = 1;
@@ -277,6 +295,35 @@ int pv_ivc_set_doorbell(struct tegra_hv_ivc_cookie *c, int mode)
     if (mode != PV_IVC_DOORBELL_PORT_IO && mode != PV_IVC_DOORBELL_HYPERCALL)
         return -PV_EINVAL;
     Q(c)->doorbell = mode;
+    return 0;
+}
+
+struct tegra_hv_ivm_cookie *tegra_hv_mempool_reserve(void *dn, unsigned id)
+{
+    (void)dn;
+    int err = probe();
+    if (err)
+        return PV_ERR_PTR(err);
+    for (int i = 0; i < hv.nmempools; i++) {
+        struct hv_mempool *m = &hv.mempools[i];
+        if (m->id != id)
+            continue;
+        if (m->reserved)
+            return PV_ERR_PTR(-PV_EBUSY);
+        m->reserved = 1;
+        return &m->cookie;
+    }
+    return PV_ERR_PTR(-PV_ENODEV);
+}
+
+int tegra_hv_mempool_unreserve(struct tegra_hv_ivm_cookie *ck)
+{
+    if (!ck)
+        return -PV_EINVAL;
+    struct hv_mempool *m = (struct hv_mempool *)ck;
+    if (m < hv.mempools || m >= hv.mempools + hv.nmempools || !m->reserved)
+        return -PV_EINVAL;
+    m->reserved = 0;
     return 0;
 }
 

@@ -51,6 +51,7 @@ class Hypervisor:
         self._cpus = sorted(os.sched_getaffinity(0)) if pin_vcpus else []
         self._next_cpu = 0
         self._images: dict[tuple, object] = {}
+        self._params: dict[str, dict] = {}     # create_domain arguments, for restart
         self._cond = threading.Condition()
         self._closed = False
         self._loop = None
@@ -122,6 +123,8 @@ class Hypervisor:
             raise
         self._add_devices(dom)
         self.domains[name] = dom
+        self._params[name] = dict(image=image, memory_mib=memory_mib, vcpus=vcpus, args=args,
+                                  domid=domid, regions=regions)
         return dom
 
     def _add_devices(self, dom: Domain) -> None:
@@ -152,10 +155,11 @@ class Hypervisor:
     def create_from_manifest(self, manifest) -> list[Domain]:
         """Every domain of a :class:`paravm.config.Manifest`, with its IVC
         queues (shared areas mapped, info pages, doorbells wired)."""
-        if manifest.ivc:
+        if manifest.ivc or manifest.ivc_mempool:
             from .services.ivc.vmm import IvcService
             self.ivc = IvcService(self.machine, manifest.ivc,
-                                  {d.name: d.domid for d in manifest.domains})
+                                  {d.name: d.domid for d in manifest.domains},
+                                  manifest.ivc_mempool)
         made = []
         for spec in manifest.domains:
             dom = self.create_from_spec(spec, self.ivc.regions(spec.name) if self.ivc else ())
@@ -176,7 +180,34 @@ class Hypervisor:
             if d.t_start_ns is None and not d.stopped:
                 d.start()
 
+    def restart(self, name: str, *, args: tuple[str, ...] | list[str] | None = None,
+                start: bool = True) -> Domain:
+        """Destroy the stopped domain *name* and build it again from the same
+        image and parameters (same domid, same IVC areas, queues and
+        mempools, doorbells rewired; new *args* if given), started unless
+        *start* is False.  ``RuntimeError`` if it is still running;
+        ``KeyError`` if unknown."""
+        old = self.domains[name]
+        if not old.stopped:
+            raise RuntimeError(f"domain {name} is running; stop it before a restart")
+        params = dict(self._params[name])
+        if args is not None:
+            params["args"] = tuple(args)
+        self.destroy(name)
+        dom = self.create_domain(name, **params)
+        if self.ivc is not None:
+            self.ivc.attach(dom)
+        if start:
+            dom.start()
+        return dom
+
     def _domain_stopped(self, domain: Domain) -> None:
+        if self.ivc is not None:
+            try:
+                self.ivc.domain_stopped(domain)
+            except Exception as e:  # noqa: BLE001 - a stop must always be reported
+                domain.console.write(f"[paravm] IVC clean-up failed: {e}\n".encode())
+                domain.console.flush()
         with self._cond:
             self._cond.notify_all()
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from paravm.config import IvcSpec
+from paravm.config import IvcMempoolSpec, IvcSpec
 from paravm.hypercall.table import HypercallError
 from paravm.memory import MachineMemory
 from paravm.services.ivc import vmm
@@ -110,3 +110,75 @@ def test_too_many_queue_ends_for_the_vectors_is_refused(machine):
     specs = [spec(i, "a", "b") for i in range(vmm.IVC_VECTOR_LAST - vmm.IVC_VECTOR_BASE + 2)]
     with pytest.raises(ValueError, match="queue ends"):
         IvcService(machine, specs, DOMIDS)
+
+
+def pool(pid, a, b, size=8192):
+    return IvcMempoolSpec(id=pid, peers=(a, b), size=size)
+
+
+def test_mempools_in_the_info_page_after_the_queues(machine):
+    svc = IvcService(machine, [spec(0, "a", "b")], DOMIDS,
+                     [pool(5, "a", "b"), pool(6, "host", "a", 4096), pool(7, "b", "c")])
+    regions = svc.regions("a")
+    page = svc.info_page("a")
+    assert struct.unpack_from("<III", page, 0) == (1, 1, 2)
+    base = 16 + 24 + 32
+    m5 = struct.unpack_from("<QQII", page, base)
+    m6 = struct.unpack_from("<QQII", page, base + 24)
+    assert len(page) == base + 2 * 24
+    (area,) = svc.areas.values()
+    # placed after a's area, one after the other, page aligned
+    assert m5 == (area.gpa["a"] + 4096, 8192, 5, 2)
+    assert m6 == (m5[0] + 8192, 4096, 6, 0)
+    assert [(g, r.nframes * 4096) for g, r, ro in regions[2:]] == [(m5[0], 8192), (m6[0], 4096)]
+    # the host's view is the same frames
+    view = svc.host_mempool(6)
+    view[:5] = b"hello"
+    assert bytes(regions[3][1].buffer[:5]) == b"hello"
+    with pytest.raises(KeyError):
+        svc.host_mempool(5)                  # the host is not a peer of pool 5
+    svc.close()
+
+
+def test_a_domain_with_only_a_mempool_gets_an_info_page(machine):
+    svc = IvcService(machine, [], DOMIDS, [pool(1, "b", "c")])
+    assert svc.regions("a") == ()
+    page = svc.info_page("c")
+    assert struct.unpack_from("<III", page, 0) == (0, 0, 1)
+    assert struct.unpack_from("<QQII", page, 16) == (IVC_AREA_GPA, 8192, 1, 2)
+    assert [g for g, _, _ in svc.regions("c")] == [IVC_INFO_GPA, IVC_AREA_GPA]
+    svc.close()
+
+
+class _Result:
+    def __init__(self, how):
+        self.how = how
+
+
+class _Dom:
+    def __init__(self, name, how):
+        self.name, self.result = name, _Result(how)
+
+
+@pytest.mark.parametrize("how, reset", [("crashed", True), ("stopped", True), ("exited", False)])
+def test_a_stopped_domain_resets_its_ends_unless_it_exited(machine, how, reset):
+    svc = IvcService(machine, [spec(0, "a", "host")], DOMIDS)
+    svc.regions("a")
+    end_a = svc.ends["a"][0]
+    host_fd = svc.eventfd_of(end_a.peer)
+    dom = _Dom("a", how)
+    svc._domains["a"] = dom             # as attach() leaves it
+    end_a.wired = True
+    svc.domain_stopped(dom)
+    _rx, tx = end_a.queue.channel_views(end_a)
+    state = struct.unpack_from("<I", tx, 4)[0]
+    assert end_a.wired is False and "a" not in svc._domains
+    if reset:
+        assert state == 1                                   # SYNC, as channel_reset writes
+        assert os.eventfd_read(host_fd) == 1                # and the peer was rung
+    else:
+        assert state == 0
+        with pytest.raises(BlockingIOError):
+            os.eventfd_read(host_fd)
+    svc.domain_stopped(dom)                                 # a second call does nothing
+    svc.close()

@@ -72,3 +72,38 @@ def test_duplicate_ids_including_the_loopback_second_id(mdir):
 def test_unknown_key_in_ivc(mdir):
     e = error(mdir, ivc(colour='"red"'))
     assert (e.key, e.reason) == ("ivc[0].colour", "unknown key")
+
+
+def mempool(**kw):
+    fields = {"id": "0", "peers": '["a", "b"]', "size": "65536"}
+    fields.update({k: str(v) for k, v in kw.items()})
+    return "[[ivc_mempool]]\n" + "".join(f"{k} = {v}\n" for k, v in fields.items()
+                                         if v != "None") + "\n"
+
+
+def test_mempools_between_guests_and_with_the_host(mdir):
+    m = load(mdir, mempool() + mempool(id=3, peers='["host", "b"]', size=4096))
+    assert [(p.id, p.peers, p.size) for p in m.ivc_mempool] == [
+        (0, ("a", "b"), 65536), (3, ("host", "b"), 4096)]
+    assert load(mdir, "").ivc_mempool == ()
+
+
+@pytest.mark.parametrize("kw, key, reason", [
+    (dict(size=4097), "ivc_mempool[0].size", "must be a multiple of 4096 (whole pages)"),
+    (dict(size=0), "ivc_mempool[0].size", "must be >= 4096"),
+    (dict(size=1 << 31), "ivc_mempool[0].size", f"must be <= {1 << 30}"),
+    (dict(peers='["a", "a"]'), "ivc_mempool[0].peers", "a mempool is shared by two different peers"),
+    (dict(peers='["a", "nope"]'), "ivc_mempool[0].peers[1]", "unknown domain 'nope'"),
+    (dict(size=None), "ivc_mempool[0].size", "missing required key"),
+    (dict(colour=1), "ivc_mempool[0].colour", "unknown key"),
+])
+def test_bad_mempools_name_key_and_reason(mdir, kw, key, reason):
+    e = error(mdir, mempool(**kw))
+    assert (e.key, e.reason) == (key, reason)
+
+
+def test_duplicate_mempool_ids_but_queue_ids_are_another_namespace(mdir):
+    e = error(mdir, mempool(id=2) + mempool(id=2, peers='["b", "host"]'))
+    assert (e.key, e.reason) == ("ivc_mempool[1].id", "duplicate mempool id 2 (also ivc_mempool[0])")
+    m = load(mdir, ivc(id=2) + mempool(id=2))
+    assert m.ivc[0].id == m.ivc_mempool[0].id == 2

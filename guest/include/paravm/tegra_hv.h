@@ -16,6 +16,7 @@
 #define PV_HC_IVC_RAISE_IRQ  18
 #define PV_IVC_DOORBELL_PORT 0x510
 #define PV_IVC_MAX_QUEUES    176
+#define PV_IVC_MAX_MEMPOOLS  64
 
 struct ivc_info_page {
     uint32_t nr_queues;
@@ -43,6 +44,13 @@ struct tegra_hv_queue_data {
     uint16_t raise_irq;      /* doorbell token to ring the peer */
 };
 
+struct ivc_mempool {
+    uint64_t pa;
+    uint64_t size;
+    uint32_t id;
+    uint32_t peer_vmid;
+};
+
 struct tegra_hv_ivc_cookie {
     int irq;
     int peer_vmid;
@@ -53,6 +61,14 @@ struct tegra_hv_ivc_cookie {
 struct tegra_hv_ivc_ops {
     void (*rx_rdy)(struct tegra_hv_ivc_cookie *ivck);
     void (*tx_rdy)(struct tegra_hv_ivc_cookie *ivck);
+};
+
+/* A reserved mempool: guest-physical (= virtual) address, bytes, the peer. */
+struct tegra_hv_ivm_cookie {
+    uint64_t ipa;
+    uint64_t size;
+    unsigned peer_vmid;
+    void *reserved;
 };
 
 /* Kernel-style error pointers. */
@@ -101,6 +117,14 @@ int pv_ivc_set_loopback(int id, int mode);
 #define PV_IVC_DOORBELL_PORT_IO   0
 #define PV_IVC_DOORBELL_HYPERCALL 1
 int pv_ivc_set_doorbell(struct tegra_hv_ivc_cookie *ivck, int mode);
+
+/* Mempools (shared memory pools with one peer, specs A.1.4-A.1.5), with the
+ * 4.9 reference's errors: reserve gives a cookie, PV_ERR_PTR(-PV_EPROBE_DEFER)
+ * without IVC, (-PV_ENODEV) for an unknown id, (-PV_EBUSY) if reserved;
+ * unreserve gives 0, or -PV_EINVAL if it was not reserved.  The memory is
+ * mapped at cookie->ipa, usable at once (identity mapping). */
+struct tegra_hv_ivm_cookie *tegra_hv_mempool_reserve(void *dn, unsigned id);
+int tegra_hv_mempool_unreserve(struct tegra_hv_ivm_cookie *ck);
 
 /* The queue's tegra_ivc channel (for the tegra_ivc_* calls). */
 struct tegra_ivc *tegra_hv_ivc_convert_cookie(struct tegra_hv_ivc_cookie *ivck);

@@ -32,6 +32,7 @@ __all__ = [
     "ARGS_MAX_BYTES",
     "DOMAIN_NAME_PATTERN",
     "DomainSpec",
+    "IvcMempoolSpec",
     "IvcSpec",
     "Manifest",
     "ManifestError",
@@ -43,6 +44,7 @@ RESERVED_DOMAIN_NAMES = frozenset({"host"})  # the host is domain 0
 MEMORY_MIB_DEFAULT = 64
 VCPUS_DEFAULT = 1
 IVC_ID_MAX = 0xFFFF
+IVC_MEMPOOL_MAX = 1 << 30   # bytes per mempool
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
 # fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
@@ -127,6 +129,21 @@ class IvcSpec(msgspec.Struct, frozen=True):
         return self.peers[0] == self.peers[1]
 
 
+class IvcMempoolSpec(msgspec.Struct, frozen=True):
+    """One ``[[ivc_mempool]]`` table, checked: a Tegra IVM mempool, a block of
+    memory shared by two peers (specs §A.1.4 ``struct ivc_mempool``).
+
+    Attributes:
+        id: the mempool id (unique among mempools; its own namespace, as in the reference).
+        peers: two different domain names, or one of them ``"host"``.
+        size: bytes, a multiple of 4096, at most 1 GiB.
+    """
+
+    id: int
+    peers: tuple[str, str]
+    size: int
+
+
 class Manifest(msgspec.Struct, frozen=True):
     """A checked manifest.
 
@@ -139,6 +156,7 @@ class Manifest(msgspec.Struct, frozen=True):
     path: pathlib.Path
     domains: tuple[DomainSpec, ...]
     ivc: tuple[IvcSpec, ...] = ()
+    ivc_mempool: tuple[IvcMempoolSpec, ...] = ()
 
     def domain(self, name: str) -> DomainSpec:
         """The domain called *name*; raises KeyError if there is none."""
@@ -206,10 +224,17 @@ class _RawIvc(msgspec.Struct, forbid_unknown_fields=True):
     frame_size: Annotated[int, msgspec.Meta(ge=64, le=1 << 26)]
 
 
+class _RawIvcMempool(msgspec.Struct, forbid_unknown_fields=True):
+    id: Annotated[int, msgspec.Meta(ge=0, le=IVC_ID_MAX)]
+    peers: tuple[str, str]
+    size: Annotated[int, msgspec.Meta(ge=4096, le=IVC_MEMPOOL_MAX)]
+
+
 class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
     # Optional in the schema so that an empty file gets the clearer reason of _build_domains.
     domain: tuple[_RawDomain, ...] = ()
     ivc: tuple[_RawIvc, ...] = ()
+    ivc_mempool: tuple[_RawIvcMempool, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +263,8 @@ def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
     except RecursionError:
         ctx.fail("", "values nested too deeply")
     domains = _build_domains(raw.domain, ctx)
-    return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx))
+    return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx),
+                    ivc_mempool=_build_mempools(raw.ivc_mempool, domains, ctx))
 
 
 def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
@@ -268,6 +294,12 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
     return tuple(specs)
 
 
+def _known_peers(peers: tuple[str, str], names: set[str], key: str, ctx: _Context) -> None:
+    for j, peer in enumerate(peers):
+        if peer not in names:
+            ctx.fail(f"{key}.peers[{j}]", f"unknown domain {peer!r}")
+
+
 def _build_ivc(raws: tuple[_RawIvc, ...], domains: tuple[DomainSpec, ...],
                ctx: _Context) -> tuple[IvcSpec, ...]:
     names = {d.name for d in domains} | {"host"}
@@ -275,9 +307,7 @@ def _build_ivc(raws: tuple[_RawIvc, ...], domains: tuple[DomainSpec, ...],
     specs = []
     for i, raw in enumerate(raws):
         key = f"ivc[{i}]"
-        for j, peer in enumerate(raw.peers):
-            if peer not in names:
-                ctx.fail(f"{key}.peers[{j}]", f"unknown domain {peer!r}")
+        _known_peers(raw.peers, names, key, ctx)
         if raw.peers == ("host", "host"):
             ctx.fail(f"{key}.peers", "a queue needs a guest end ('host' twice)")
         if raw.frame_size % 64:
@@ -295,6 +325,25 @@ def _build_ivc(raws: tuple[_RawIvc, ...], domains: tuple[DomainSpec, ...],
             taken[qid] = i
         specs.append(IvcSpec(id=raw.id, peers=raw.peers, nframes=raw.nframes,
                              frame_size=raw.frame_size))
+    return tuple(specs)
+
+
+def _build_mempools(raws: tuple[_RawIvcMempool, ...], domains: tuple[DomainSpec, ...],
+                    ctx: _Context) -> tuple[IvcMempoolSpec, ...]:
+    names = {d.name for d in domains} | {"host"}
+    taken: dict[int, int] = {}
+    specs = []
+    for i, raw in enumerate(raws):
+        key = f"ivc_mempool[{i}]"
+        _known_peers(raw.peers, names, key, ctx)
+        if raw.peers[0] == raw.peers[1]:
+            ctx.fail(f"{key}.peers", "a mempool is shared by two different peers")
+        if raw.size % 4096:
+            ctx.fail(f"{key}.size", "must be a multiple of 4096 (whole pages)")
+        if raw.id in taken:
+            ctx.fail(f"{key}.id", f"duplicate mempool id {raw.id} (also ivc_mempool[{taken[raw.id]}])")
+        taken[raw.id] = i
+        specs.append(IvcMempoolSpec(id=raw.id, peers=raw.peers, size=raw.size))
     return tuple(specs)
 
 

@@ -242,18 +242,23 @@ class Domain:
         self._check_target(vcpu, vector)
         return self.vm.signal_msi(L.msi_address(vcpu), vector)
 
-    def irqfd(self, vcpu: int, vector: int) -> "Irqfd":
+    def irqfd(self, vcpu: int, vector: int, *, fd: int | None = None) -> "Irqfd":
         """An eventfd that raises *vector* on *vcpu* in-kernel when written
-        (an MSI route + ``KVM_IRQFD``: no exit, no Python).  Close it when
-        done; the domain closes those left at destroy."""
+        (an MSI route + ``KVM_IRQFD``: no exit, no Python).  With *fd*, that
+        eventfd is bound and stays the caller's (closing the Irqfd unbinds
+        it but does not close it); otherwise a new one is made.  Close it
+        when done; the domain closes those left at destroy."""
         self._check_target(vcpu, vector)
-        fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        owned = fd is None
+        if owned:
+            fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             gsi = self.vm.irqfd(fd, L.msi_address(vcpu), vector)
         except BaseException:
-            os.close(fd)
+            if owned:
+                os.close(fd)
             raise
-        irq = Irqfd(self, fd, gsi)
+        irq = Irqfd(self, fd, gsi, owned)
         self._irqfds.add(irq)
         return irq
 
@@ -332,8 +337,8 @@ class _Reserved:
 class Irqfd:
     """An eventfd bound to an MSI of a domain: ``fileno()``, ``fire()``, ``close()``."""
 
-    def __init__(self, domain: Domain, fd: int, gsi: int) -> None:
-        self.domain, self.fd, self.gsi = domain, fd, gsi
+    def __init__(self, domain: Domain, fd: int, gsi: int, owned: bool = True) -> None:
+        self.domain, self.fd, self.gsi, self.owned = domain, fd, gsi, owned
 
     def fileno(self) -> int:
         return self.fd
@@ -342,13 +347,14 @@ class Irqfd:
         os.eventfd_write(self.fd, 1)
 
     def close(self) -> None:
-        """Unbind and close the eventfd.  Idempotent."""
+        """Unbind the eventfd, and close it if this Irqfd made it.  Idempotent."""
         if self.fd < 0:
             return
         try:
             self.domain.vm.irqfd_remove(self.fd, self.gsi)
         except OSError:
             pass
-        os.close(self.fd)
+        if self.owned:
+            os.close(self.fd)
         self.fd = -1
         self.domain._irqfds.discard(self)

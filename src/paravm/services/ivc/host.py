@@ -19,28 +19,26 @@ from .protocol import Channel, IvcError
 
 
 class HostEndpoint:
-    """Host end of queue *qid* of an :class:`~.vmm.IvcService` (whose guest
-    peer is attached).  Data calls are :class:`~.protocol.Channel`'s (they
+    """Host end of queue *qid* of an :class:`~.vmm.IvcService` (made before
+    or after its guest peer is attached).  Data calls are :class:`~.protocol.Channel`'s (they
     raise :class:`~.protocol.IvcError`); not thread-safe."""
 
     def __init__(self, service, qid: int, **channel_options) -> None:
         end = service.host_end(qid)
-        if end.peer.irqfd is None:
-            raise RuntimeError(f"IVC queue {qid}: the guest peer is not attached yet")
         q = end.queue
         rx, tx = q.channel_views(end)
         self.qid = qid
         self.peer_vmid = end.peer.vmid
         self.nframes, self.frame_size = q.spec.nframes, q.spec.frame_size
-        self._fd = end.eventfd
-        self._peer = end.peer.irqfd
+        self._fd = service.eventfd_of(end)
+        self._service, self._peer = service, end.peer
         self.channel = Channel(rx, tx, self.nframes, self.frame_size, self._ring,
                                **channel_options)
         # as tegra_hv at queue add time: adopt the counters found in memory
         self.channel.channel_sync()
 
     def _ring(self) -> None:
-        self._peer.fire()
+        self._service.ring(self._peer)
 
     def fileno(self) -> int:
         """Readable when the guest rang this end."""

@@ -477,8 +477,9 @@ class Channel:
 
     # -- reading ------------------------------------------------------------------
 
-    def read(self, size: int) -> bytes:
-        """Consume the next frame and return its first *size* bytes (a copy).
+    def read(self, size: int | None = None) -> bytes:
+        """Consume the next frame and return its first *size* bytes (a copy;
+        the whole frame when *size* is None).
 
         Frames carry no length: exactly *size* bytes are returned and the rest
         of the frame is dropped.  Raises ``E2BIG`` if *size* > frame_size (or
@@ -486,7 +487,9 @@ class Channel:
         channel was full.  As ``tegra_ivc_read``.
         """
         fs = self._frame_size
-        if size > fs or size < 0:
+        if size is None:
+            size = fs
+        elif size > fs or size < 0:
             raise self._too_big("read", 0, size)
         code = self._read_status()
         if code:

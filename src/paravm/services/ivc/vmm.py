@@ -24,6 +24,19 @@ here over KVM:
   writing the guest end's irqfd.  The ``ivc_raise_irq`` hypercall (RAISE_IRQ)
   does the same through the VMM, accepted only for ``(raise_irq, peer vmid)``
   of a queue the caller belongs to, and rate limited per queue end.
+* **Mempools.** A ``[[ivc_mempool]]`` is a block of machine frames shared by
+  two peers, mapped after the areas and listed in the info page
+  (``struct ivc_mempool``: pa, size, id, peer vmid).
+* **A peer that goes away.** The eventfds that queue ends are rung through
+  belong to this service, not to a domain: a guest's irqfd borrows its end's
+  eventfd, so the peers' ioeventfds stay valid when a domain is destroyed and
+  rebuilt (:meth:`paravm.Hypervisor.restart`).  When a domain *crashes* or is
+  stopped by the host, the service resets each of its queue ends on its
+  behalf (its tx state becomes SYNC, as ``tegra_ivc_channel_reset`` would
+  write) and rings the peer: the survivor's next ``channel_notified`` moves it
+  to ACK and its reads and writes return ``ECONNRESET`` until a restarted peer
+  completes the handshake.  A domain that *exits* leaves its queues as they
+  are, so the frames it sent before exiting can still be read.
 """
 
 from __future__ import annotations
@@ -36,7 +49,7 @@ from dataclasses import dataclass, field
 from ...hypercall import abi as hc
 from ...hypercall.table import HypercallError
 from ...memory import PAGE_SIZE
-from .protocol import total_queue_size
+from .protocol import ST_SYNC, STATE, total_queue_size
 
 IVC_INFO_GPA = 0xC0000000          # one read-only page per guest
 IVC_AREA_GPA = 0xC0010000          # shared areas, one after another, page aligned
@@ -54,6 +67,7 @@ RAISE_IRQ_RATE = 20000             # per queue end, per second (token bucket)
 _INFO = struct.Struct("<IIII")
 _AREA = struct.Struct("<QQIHH")
 _QUEUE = struct.Struct("<IIIIIIIHH")
+_MEMPOOL = struct.Struct("<QQII")
 
 
 @dataclass
@@ -69,7 +83,7 @@ class QueueEnd:
     peer: "QueueEnd | None" = None
     queue: "Queue | None" = None
     eventfd: int = -1     # signalled when this end is rung (rx side)
-    irqfd: object = None  # Irqfd of a guest end
+    irqfd: object = None  # Irqfd of a guest end (borrows `eventfd`)
     wired: bool = False   # this end's doorbell reaches its peer
     tokens: float = RAISE_IRQ_RATE
     last: float = 0.0
@@ -92,6 +106,17 @@ class Queue:
 
 
 @dataclass
+class Mempool:
+    spec: object          # paravm.config.IvcMempoolSpec
+    frames: object = None   # FrameRange
+    gpa: dict[str, int] = field(default_factory=dict)   # per guest
+
+    def peer_of(self, name: str) -> str:
+        a, b = self.spec.peers
+        return b if a == name else a
+
+
+@dataclass
 class Area:
     pair: tuple[str, str]   # sorted names (equal for loopback)
     size: int = 0
@@ -102,18 +127,22 @@ class Area:
 class IvcService:
     """Plans and wires the IVC queues of one hypervisor.
 
-    Use: ``svc = IvcService(machine, specs, domids)``; pass
+    Use: ``svc = IvcService(machine, specs, domids, mempools)``; pass
     :meth:`regions` of each guest to ``create_domain``; :meth:`attach` each
-    guest domain; :meth:`host_end` gives the Python endpoint of a queue with
-    the host.  :meth:`close` releases areas, info pages and eventfds."""
+    guest domain; :meth:`host_endpoint` gives the Python endpoint of a queue
+    with the host, :meth:`host_mempool` the host's view of a mempool;
+    :meth:`domain_stopped` when a guest stops.  :meth:`close` releases areas,
+    mempools, info pages and eventfds."""
 
-    def __init__(self, machine, specs, domids: dict[str, int]) -> None:
+    def __init__(self, machine, specs, domids: dict[str, int], mempools=()) -> None:
         self.machine = machine
         self.specs = tuple(specs)
         self.domids = dict(domids, host=0)
         self.queues: list[Queue] = []
         self.areas: dict[tuple[str, str], Area] = {}
         self.ends: dict[str, list[QueueEnd]] = {}
+        self.mempools: list[Mempool] = [Mempool(m) for m in mempools]
+        self.members: set[str] = set()    # guests with queues or mempools
         self.info_pages: dict[str, object] = {}
         self._eventfds: list[int] = []
         self._domains: dict[str, object] = {}    # attached guest domains by name
@@ -140,6 +169,8 @@ class IvcService:
             self.queues.append(q)
             for end in q.ends:
                 self.ends.setdefault(end.owner, []).append(end)
+        self.members = ({n for n in self.ends} | {p for m in self.mempools for p in m.spec.peers})
+        self.members.discard("host")
         for owner, ends in self.ends.items():
             if owner == "host":
                 continue
@@ -149,23 +180,26 @@ class IvcService:
             for k, end in enumerate(ends):
                 end.irq = IVC_VECTOR_BASE + k
                 end.raise_irq = k + 1
-        for name in self.ends:
-            if name == "host":
-                continue
+        for name in sorted(self.members):
             gpa = IVC_AREA_GPA
             for pair, area in self.areas.items():
                 if name in pair:
                     area.gpa[name] = gpa
                     gpa += _pages(area.size)
+            for pool in self.mempools:
+                if name in pool.spec.peers:
+                    pool.gpa[name] = gpa
+                    gpa += pool.spec.size
             if gpa > IVC_AREA_LIMIT:
-                raise ValueError(f"{name}: IVC areas need {gpa - IVC_AREA_GPA:#x} bytes, more "
-                                 f"than the {IVC_AREA_LIMIT - IVC_AREA_GPA:#x} window")
+                raise ValueError(f"{name}: IVC areas and mempools need {gpa - IVC_AREA_GPA:#x} "
+                                 f"bytes, more than the {IVC_AREA_LIMIT - IVC_AREA_GPA:#x} window")
 
     def info_page(self, name: str) -> bytes:
         """The bytes of *name*'s info page (specs §A.1.4)."""
         areas = [a for a in self.areas.values() if name in a.pair]
         ends = self.ends.get(name, [])
-        out = bytearray(_INFO.pack(len(ends), len(areas), 0, 0))
+        pools = [m for m in self.mempools if name in m.spec.peers]
+        out = bytearray(_INFO.pack(len(ends), len(areas), len(pools), 0))
         for a in areas:
             other = a.pair[0] if a.pair[1] == name else a.pair[1]
             out += _AREA.pack(a.gpa[name], _pages(a.size), self.domids[other], 0, 0)
@@ -173,19 +207,21 @@ class IvcService:
             q = end.queue
             out += _QUEUE.pack(end.qid, end.peers[0], end.peers[1], q.size, q.spec.nframes,
                                q.spec.frame_size, q.offset, end.irq, end.raise_irq)
+        for m in pools:
+            out += _MEMPOOL.pack(m.gpa[name], m.spec.size, m.spec.id,
+                                 self.domids[m.peer_of(name)])
         if len(out) > PAGE_SIZE:
             raise ValueError(f"{name}: the IVC info page needs {len(out)} bytes, more than a page")
         return bytes(out)
 
     # --- wiring -------------------------------------------------------------------------------
     def regions(self, name: str) -> tuple:
-        """``(gpa, FrameRange, readonly)`` to map into guest *name* (info page, areas)."""
-        if name not in self.ends:
+        """``(gpa, FrameRange, readonly)`` to map into guest *name* (info page,
+        areas, mempools); the same frames every time (a restarted domain maps
+        what its predecessor had)."""
+        if name not in self.members:
             return ()
-        for area in self.areas.values():
-            if area.frames is None:
-                area.frames = self.machine.alloc(_pages(area.size) // PAGE_SIZE,
-                                                 f"ivc:{area.pair[0]}-{area.pair[1]}")
+        self._alloc()
         page = self.info_pages.get(name)
         if page is None:
             page = self.info_pages[name] = self.machine.alloc(1, f"ivc-info:{name}")
@@ -193,14 +229,31 @@ class IvcService:
             page.buffer[:len(data)] = data
         out = [(IVC_INFO_GPA, page, True)]
         out += [(a.gpa[name], a.frames, False) for a in self.areas.values() if name in a.pair]
+        out += [(m.gpa[name], m.frames, False) for m in self.mempools if name in m.spec.peers]
         return tuple(out)
+
+    def _alloc(self) -> None:
+        for area in self.areas.values():
+            if area.frames is None:
+                area.frames = self.machine.alloc(_pages(area.size) // PAGE_SIZE,
+                                                 f"ivc:{area.pair[0]}-{area.pair[1]}")
+        for m in self.mempools:
+            if m.frames is None:
+                m.frames = self.machine.alloc(m.spec.size // PAGE_SIZE, f"ivc-mempool:{m.spec.id}")
+
+    def eventfd_of(self, end: QueueEnd) -> int:
+        """The eventfd *end* is rung through (made on first use, owned here)."""
+        if end.eventfd < 0:
+            end.eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._eventfds.append(end.eventfd)
+        return end.eventfd
 
     def attach(self, domain) -> None:
         """Hypercalls, doorbell device and eventfds of a guest domain whose
         :meth:`regions` were mapped.  Call for every guest before starting."""
         name = domain.name
         t = domain.hypercalls
-        has = name in self.ends
+        has = name in self.members
         t.register(HC_IVC_READ_INFO, "ivc_read_info",
                    lambda v, *a: IVC_INFO_GPA if has else -hc.ENOENT)
         t.register(HC_IVC_READ_GID, "ivc_read_gid", lambda v, *a: domain.domid)
@@ -208,11 +261,28 @@ class IvcService:
                    lambda v, irq, vmid, *a: self._raise_irq(name, irq, vmid))
         domain.pio_bus.insert(IVC_DOORBELL_PORT, 4, _Doorbell(), "ivc-doorbell")
         for end in self.ends.get(name, []):
-            # The vector this end receives on: an eventfd -> irqfd.
-            end.irqfd = domain.irqfd(0, end.irq)
-            end.eventfd = end.irqfd.fileno()
+            # The vector this end receives on: the service's eventfd -> irqfd.
+            end.irqfd = domain.irqfd(0, end.irq, fd=self.eventfd_of(end))
         self._domains[name] = domain
         self._wire_doorbells()
+
+    def domain_stopped(self, domain) -> None:
+        """*domain* stopped (called once, after its vCPUs): unwire its ends;
+        if it crashed or was stopped (not exited), reset its queue ends on
+        its behalf and ring their peers (see the module docstring)."""
+        name = domain.name
+        if self._domains.get(name) is not domain:
+            return
+        del self._domains[name]
+        reset = domain.result is not None and domain.result.how != "exited"
+        for end in self.ends.get(name, []):
+            end.wired = False
+            end.irqfd = None
+            if reset:
+                _rx, tx = end.queue.channel_views(end)
+                struct.pack_into("<I", tx, STATE, ST_SYNC)
+                if end.peer.eventfd >= 0:
+                    os.eventfd_write(end.peer.eventfd, 1)
 
     def _wire_doorbells(self) -> None:
         """For every end whose owner and peer are both ready: the owner's
@@ -222,15 +292,8 @@ class IvcService:
             for end in q.ends:
                 if end.owner == "host" or end.owner not in doms or end.wired:
                     continue
-                peer = end.peer
-                if peer.owner == "host":
-                    if peer.eventfd < 0:
-                        peer.eventfd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-                        self._eventfds.append(peer.eventfd)
-                elif peer.owner not in doms:
-                    continue
-                doms[end.owner].vm.ioeventfd(peer.eventfd, IVC_DOORBELL_PORT, 4, pio=True,
-                                             datamatch=end.raise_irq)
+                doms[end.owner].vm.ioeventfd(self.eventfd_of(end.peer), IVC_DOORBELL_PORT, 4,
+                                             pio=True, datamatch=end.raise_irq)
                 end.wired = True
 
     def _raise_irq(self, name: str, irq: int, vmid: int) -> int:
@@ -244,8 +307,7 @@ class IvcService:
                 if end.tokens < 1:
                     raise HypercallError(hc.EBUSY, "rate limit")
                 end.tokens -= 1
-                if end.peer.eventfd >= 0:
-                    os.eventfd_write(end.peer.eventfd, 1)
+                self.ring(end.peer)
                 return 0
         raise HypercallError(hc.EINVAL, "no queue end with this raise_irq")
 
@@ -261,6 +323,19 @@ class IvcService:
         from .host import HostEndpoint
         return HostEndpoint(self, qid, **channel_options)
 
+    def ring(self, end: QueueEnd) -> None:
+        """Ring *end* (its receive eventfd; a guest end's vector if attached)."""
+        os.eventfd_write(self.eventfd_of(end), 1)
+
+    def host_mempool(self, pool_id: int) -> memoryview:
+        """The host's view of mempool *pool_id* (zero copy; ``KeyError`` if
+        the host is not one of its peers)."""
+        for m in self.mempools:
+            if m.spec.id == pool_id and "host" in m.spec.peers:
+                self._alloc()
+                return m.frames.buffer[:m.spec.size]
+        raise KeyError(pool_id)
+
     def close(self) -> None:
         for fd in self._eventfds:
             try:
@@ -275,6 +350,10 @@ class IvcService:
             if area.frames is not None:
                 self.machine.free(area.frames)
                 area.frames = None
+        for m in self.mempools:
+            if m.frames is not None:
+                self.machine.free(m.frames)
+                m.frames = None
 
 
 class _Doorbell:
