@@ -4,7 +4,10 @@ HostEndpoint, the cookie API's refusals, and loopback."""
 import asyncio
 import errno
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +235,18 @@ def test_host_endpoint_under_asyncio(tmp_path, guests):
 
     r, text, _ = run(m, host)["c"]
     assert r.status == 0, text
+
+
+def test_the_ivc_examples_run(hello_elf):
+    """examples/ivc: guest to guest through the CLI, and the host as a peer."""
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "paravm.cli.main", "run",
+                        str(repo / "examples/ivc/ivc.toml")], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "client| sent 'inter-VM', got 'INTER-VM'" in p.stdout
+    assert "server| served 3 frames from vmid 1" in p.stdout
+    p = subprocess.run([sys.executable, str(repo / "examples/ivc/host.py")],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "host| sent 'host', got 'HOST'" in p.stdout
