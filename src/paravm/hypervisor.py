@@ -56,6 +56,7 @@ class Hypervisor:
         self._closed = False
         self._loop = None
         self.ivc = None          # paravm.services.ivc.vmm.IvcService, with IVC queues
+        self.lguest = None       # paravm.services.lguest.service.LguestService, with devices
 
     @property
     def loop(self):
@@ -160,13 +161,25 @@ class Hypervisor:
             self.ivc = IvcService(self.machine, manifest.ivc,
                                   {d.name: d.domid for d in manifest.domains},
                                   manifest.ivc_mempool)
+        if any(spec.devices for spec in manifest.domains):
+            from .services.lguest.service import LguestService
+            self.lguest = LguestService(self.machine, manifest.domains,
+                                        loop_factory=lambda: self.loop)
         made = []
         for spec in manifest.domains:
-            dom = self.create_from_spec(spec, self.ivc.regions(spec.name) if self.ivc else ())
-            if self.ivc:
-                self.ivc.attach(dom)
+            regions = self.ivc.regions(spec.name) if self.ivc else ()
+            if self.lguest:
+                regions += self.lguest.regions(spec.name)
+            dom = self.create_from_spec(spec, regions)
+            self._attach_services(dom)
             made.append(dom)
         return made
+
+    def _attach_services(self, dom: Domain) -> None:
+        if self.ivc:
+            self.ivc.attach(dom)
+        if self.lguest:
+            self.lguest.attach(dom)
 
     def create_from_spec(self, spec, regions: tuple = ()) -> Domain:
         """From a :class:`paravm.config.DomainSpec` (*regions* as :meth:`create_domain`)."""
@@ -195,18 +208,20 @@ class Hypervisor:
             params["args"] = tuple(args)
         self.destroy(name)
         dom = self.create_domain(name, **params)
-        if self.ivc is not None:
-            self.ivc.attach(dom)
+        self._attach_services(dom)
         if start:
             dom.start()
         return dom
 
     def _domain_stopped(self, domain: Domain) -> None:
-        if self.ivc is not None:
+        for svc in (self.ivc, self.lguest):
+            if svc is None:
+                continue
             try:
-                self.ivc.domain_stopped(domain)
+                svc.domain_stopped(domain)
             except Exception as e:  # noqa: BLE001 - a stop must always be reported
-                domain.console.write(f"[paravm] IVC clean-up failed: {e}\n".encode())
+                domain.console.write(f"[paravm] clean-up of {type(svc).__name__} failed: "
+                                     f"{e}\n".encode())
                 domain.console.flush()
         with self._cond:
             self._cond.notify_all()
@@ -251,6 +266,8 @@ class Hypervisor:
             self._loop.close()
         if self.ivc is not None:
             self.ivc.close()
+        if self.lguest is not None:
+            self.lguest.close()
         self.machine.close()
         self.kvm.close()
         if errors:

@@ -15,7 +15,7 @@
 #define PV_HC_IVC_READ_GID   17
 #define PV_HC_IVC_RAISE_IRQ  18
 #define PV_IVC_DOORBELL_PORT 0x510
-#define PV_IVC_MAX_QUEUES    176
+#define PV_IVC_MAX_QUEUES    128   /* vectors 0x40..0xBF */
 #define PV_IVC_MAX_MEMPOOLS  64
 
 struct ivc_info_page {

@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="print exit counts, time per exit reason and boot times")
     run.add_argument("--kvm", default="/dev/kvm", metavar="DEVICE",
                      help="the KVM device (default /dev/kvm)")
+    run.add_argument("--capture", action="append", default=[], metavar="LAN=FILE",
+                     help="write every frame delivered on lguest LAN to a pcap FILE "
+                          "(repeatable)")
     sub.add_parser("version", help="print the version", formatter_class=_formatter)
     args = parser.parse_args(argv)
     if args.command == "version":
@@ -73,6 +76,17 @@ def cmd_run(args, t_process: int) -> int:
     if args.timeout is not None and args.timeout <= 0:
         _err("--timeout must be > 0")
         return EXIT_USAGE
+    captures = []
+    lans = {d.lan for spec in manifest.domains for d in spec.devices if hasattr(d, "lan")}
+    for item in args.capture:
+        lan, sep, path = item.partition("=")
+        if not sep or not path:
+            _err(f"--capture {item}: expected LAN=FILE")
+            return EXIT_USAGE
+        if lan not in lans:
+            _err(f"--capture {item}: no LAN {lan!r} in {args.manifest}")
+            return EXIT_USAGE
+        captures.append((lan, path))
     from ..hypervisor import Hypervisor
     try:
         hv = Hypervisor(timing=args.stats, kvm_path=args.kvm)
@@ -92,6 +106,12 @@ def cmd_run(args, t_process: int) -> int:
         except KeyboardInterrupt:
             _err("interrupted while creating domains")
             return EXIT_INTERRUPTED
+        for lan, path in captures:
+            try:
+                hv.lguest.capture(lan, path)
+            except OSError as e:
+                _err(f"--capture {lan}={path}: {e.strerror or e}")
+                return EXIT_USAGE
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         try:
             # Ctrl-C is held while the vCPU threads start (they inherit the

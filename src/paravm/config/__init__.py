@@ -6,11 +6,14 @@ Importing this package imports msgspec (~30 ms cold); the CLI imports it only wh
 from paravm.config.manifest import (
     ARGS_MAX_BYTES,
     DOMAIN_NAME_PATTERN,
+    BlockSpec,
+    ConsoleSpec,
     DomainSpec,
     IvcMempoolSpec,
     IvcSpec,
     Manifest,
     ManifestError,
+    NetSpec,
     load_manifest,
     parse_manifest,
 )
@@ -18,11 +21,14 @@ from paravm.config.manifest import (
 __all__ = [
     "ARGS_MAX_BYTES",
     "DOMAIN_NAME_PATTERN",
+    "BlockSpec",
+    "ConsoleSpec",
     "DomainSpec",
     "IvcMempoolSpec",
     "IvcSpec",
     "Manifest",
     "ManifestError",
+    "NetSpec",
     "load_manifest",
     "parse_manifest",
 ]

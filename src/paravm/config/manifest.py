@@ -31,10 +31,13 @@ from ..limits import (DOMAIN_NAME_PATTERN, MEMORY_MIB_MAX, MEMORY_MIB_MIN, VCPUS
 __all__ = [
     "ARGS_MAX_BYTES",
     "DOMAIN_NAME_PATTERN",
+    "BlockSpec",
+    "ConsoleSpec",
     "DomainSpec",
     "IvcMempoolSpec",
     "IvcSpec",
     "Manifest",
+    "NetSpec",
     "ManifestError",
     "load_manifest",
     "parse_manifest",
@@ -45,6 +48,7 @@ MEMORY_MIB_DEFAULT = 64
 VCPUS_DEFAULT = 1
 IVC_ID_MAX = 0xFFFF
 IVC_MEMPOOL_MAX = 1 << 30   # bytes per mempool
+LGUEST_MAX_DEVICES = 16
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
 # fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
@@ -81,6 +85,28 @@ class ManifestError(Exception):
         return f"{self.file}: {self.reason}"
 
 
+class ConsoleSpec(msgspec.Struct, frozen=True):
+    """An lguest console (``type = "console"``): output to the domain's console
+    stream; input from *input*: ``None`` (none), ``"stdin"``, or an absolute path."""
+
+    input: pathlib.Path | str | None = None
+
+
+class BlockSpec(msgspec.Struct, frozen=True):
+    """An lguest block device (``type = "block"``) over the image file *path*
+    (absolute); *readonly* refuses the guest's writes."""
+
+    path: pathlib.Path
+    readonly: bool = False
+
+
+class NetSpec(msgspec.Struct, frozen=True):
+    """An lguest network card (``type = "net"``) on the virtual LAN *lan*
+    (guests naming the same LAN share it)."""
+
+    lan: str
+
+
 class DomainSpec(msgspec.Struct, frozen=True):
     """One ``[[domain]]`` table, checked.
 
@@ -91,6 +117,8 @@ class DomainSpec(msgspec.Struct, frozen=True):
         memory_mib: guest RAM in MiB, 2..3072.
         vcpus: number of vCPUs, 1..32.
         args: the guest's arguments; packed size (utf-8 + NUL each) <= `ARGS_MAX_BYTES`.
+        devices: the lguest devices of ``[[domain.device]]``, in order (device *i* has
+            lguest irq *i* + 1); at most 16, at most one console.
     """
 
     name: str
@@ -99,6 +127,7 @@ class DomainSpec(msgspec.Struct, frozen=True):
     memory_mib: int
     vcpus: int
     args: tuple[str, ...]
+    devices: tuple[ConsoleSpec | BlockSpec | NetSpec, ...] = ()
 
     @property
     def memory_bytes(self) -> int:
@@ -209,12 +238,26 @@ def parse_manifest(text: str, path: str | pathlib.PathLike[str]) -> Manifest:
 # Raw shape of the file, as msgspec checks it. Field names are the TOML keys.
 
 
+class _RawConsole(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="console"):
+    input: str | None = None
+
+
+class _RawBlock(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="block"):
+    path: str
+    readonly: bool = False
+
+
+class _RawNet(msgspec.Struct, forbid_unknown_fields=True, tag_field="type", tag="net"):
+    lan: str
+
+
 class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
     name: str
     image: str
     memory: Annotated[int, msgspec.Meta(ge=MEMORY_MIB_MIN, le=MEMORY_MIB_MAX)] = MEMORY_MIB_DEFAULT
     vcpus: Annotated[int, msgspec.Meta(ge=VCPUS_MIN, le=VCPUS_MAX)] = VCPUS_DEFAULT
     args: tuple[str, ...] = ()
+    device: tuple[_RawConsole | _RawBlock | _RawNet, ...] = ()
 
 
 class _RawIvc(msgspec.Struct, forbid_unknown_fields=True):
@@ -289,9 +332,42 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
                 memory_mib=raw.memory,
                 vcpus=raw.vcpus,
                 args=_guest_args(raw.args, f"{key}.args", ctx),
+                devices=_devices(raw, key, ctx),
             )
         )
     return tuple(specs)
+
+
+def _devices(raw: _RawDomain, key: str, ctx: _Context) -> tuple:
+    if not raw.device:
+        return ()
+    if len(raw.device) > LGUEST_MAX_DEVICES:
+        ctx.fail(f"{key}.device", f"at most {LGUEST_MAX_DEVICES} devices")
+    if raw.memory >= MEMORY_MIB_MAX:
+        ctx.fail(f"{key}.memory", f"must be below {MEMORY_MIB_MAX} with devices "
+                 "(their pages lie just above RAM)")
+    out = []
+    consoles = 0
+    for j, dev in enumerate(raw.device):
+        dkey = f"{key}.device[{j}]"
+        if isinstance(dev, _RawConsole):
+            consoles += 1
+            if consoles > 1:
+                ctx.fail(f"{dkey}.type", "at most one console")
+            inp = dev.input
+            if inp is not None and inp != "stdin":
+                inp = _regular_file(inp, f"{dkey}.input", ctx)
+            out.append(ConsoleSpec(input=inp))
+        elif isinstance(dev, _RawBlock):
+            out.append(BlockSpec(path=_regular_file(dev.path, f"{dkey}.path", ctx),
+                                 readonly=dev.readonly))
+        else:
+            if not _DOMAIN_NAME_RE.fullmatch(dev.lan):
+                ctx.fail(f"{dkey}.lan", f"must match {DOMAIN_NAME_PATTERN}")
+            if any(isinstance(o, NetSpec) and o.lan == dev.lan for o in out):
+                ctx.fail(f"{dkey}.lan", f"a second card on LAN {dev.lan!r}")
+            out.append(NetSpec(lan=dev.lan))
+    return tuple(out)
 
 
 def _known_peers(peers: tuple[str, str], names: set[str], key: str, ctx: _Context) -> None:

@@ -56,7 +56,7 @@ IVC_AREA_GPA = 0xC0010000          # shared areas, one after another, page align
 IVC_AREA_LIMIT = 0xF0000000
 IVC_DOORBELL_PORT = 0x510          # outl token: ioeventfd, datamatch = token
 IVC_VECTOR_BASE = 0x40             # receive vectors, one per queue end of a domain
-IVC_VECTOR_LAST = 0xEF
+IVC_VECTOR_LAST = 0xBF          # 0xC0.. belong to lguest (docs/lguest.md)
 
 HC_IVC_READ_INFO = 16              # () -> GPA of the info page, -ENOENT without queues
 HC_IVC_READ_GID = 17               # () -> my vmid (domid)
