@@ -81,6 +81,44 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"`python -c pass`: {rss['peak_rss_mb']['python -c pass']['median']:.1f} MiB",
                     f"{mb / rss['peak_rss_mb']['python -c pass']['median']:.2f}x",
                     f"≤ 30 MB: {'met' if mb <= 30 else 'not met'}"))
+    out += _ivc_rows()
+    return out
+
+
+def _ivc_rows() -> list[tuple[str, str, str, str, str]]:
+    iv = _load("ivc")
+    if not iv:
+        return []
+    out = []
+    nframes = iv["config"]["nframes"]
+    for fs, label in (("4096", "4 KiB"), ("1024", "1 KiB"), ("64", "64 B")):
+        e = iv["throughput"][fs]
+        gb, r = e["gb_per_s"], e["ratio"]["ivc/plain"]
+        goal = e.get("goal")
+        out.append((f"IVC guest → guest, {label} frames, {nframes}-frame queue"
+                    + (" (`ivc`)" if fs == "4096" else ""),
+                    f"{gb['ivc']['median']:.2f} GB/s",
+                    f"plain shared-memory ring, same guests: {gb['plain']['median']:.2f} GB/s",
+                    f"{r:.2f}x",
+                    f"≥ {goal['ivc/plain']:.2f}x: {'met' if goal['met'] else 'not met'}"
+                    if goal else "—"))
+    epf = iv["ivc_exits_per_frame"]
+    out.append(("IVC guest → guest, VMM exits per frame in the data phase",
+                f"{epf:.2g}", "—", "—", f"0: {'met' if epf == 0 else 'not met'}"))
+    p = iv["pingpong"]
+    us, ratio = p["us_per_round_trip"], p["ratio"]["kernel/hypercall"]
+    out.append(("IVC guest ↔ guest ping-pong, in-kernel doorbells",
+                f"{us['kernel']['median']:.1f} us",
+                f"doorbell relayed by the VMM (hypercall): {us['hypercall']['median']:.1f} us",
+                f"{ratio:.2f}x", f"in-kernel faster: {'met' if ratio < 1 else 'not met'}"))
+    h = iv["host"]
+    for d, label in (("h2g", "host → guest"), ("g2h", "guest → host")):
+        f, r = h[d]["frames_per_s"], h[d]["ratio"]["ivc/os.pipe"]
+        out.append((f"IVC {label}, 1 KiB frames, Python `HostEndpoint`",
+                    f"{f['ivc']['median'] / 1e3:.0f} k frames/s",
+                    f"`os.pipe`: {f['os.pipe']['median'] / 1e3:.0f} k/s; `multiprocessing.Pipe`: "
+                    f"{f['multiprocessing.Pipe']['median'] / 1e3:.0f} k/s",
+                    f"{r:.2f}x", f"≥ os.pipe: {'met' if r >= 1 else 'not met'}"))
     return out
 
 

@@ -39,6 +39,17 @@ static inline long pv_hypercall6(unsigned nr, uint64_t a0, uint64_t a1, uint64_t
                      : "memory");
     return ret;
 }
+static inline long pv_hypercall4(unsigned nr, uint64_t a0, uint64_t a1, uint64_t a2,
+                                 uint64_t a3)
+{
+    long ret = nr;
+    register uint64_t r10 __asm__("r10") = a3;
+    __asm__ volatile("outl %%eax, %[port]"
+                     : "+a"(ret)
+                     : [port] "i"(PV_HC_PORT), "D"(a0), "S"(a1), "d"(a2), "r"(r10)
+                     : "memory");
+    return ret;
+}
 static inline long pv_hypercall2(unsigned nr, uint64_t a0, uint64_t a1)
 {
     long ret = nr;
@@ -51,7 +62,12 @@ static inline long pv_hypercall0(unsigned nr) { return pv_hypercall2(nr, 0, 0); 
 /* The argument-block form (PV_HC_BLOCK_PORT); same numbers and results. */
 long pv_hypercall_block(struct pv_hcall_block *blk);
 
+/* Bytes to the console: the console_write hypercall, or the writer set with
+ * pv_set_console_writer (printf and puts write through here too). */
 long pv_console_write(const void *buf, size_t len);
+/* Send the console output through fn (e.g. lguest_console_set_printf);
+ * NULL restores the console_write hypercall.  fn must not print itself. */
+void pv_set_console_writer(long (*fn)(const void *buf, size_t len));
 _Noreturn void pv_exit(int status);
 uint64_t pv_clock_ns(void);
 long pv_boot_mark(unsigned id);

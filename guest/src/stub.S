@@ -47,7 +47,14 @@ pv_isr_common:
     cmpq $PV_VEC_SPURIOUS, %rax
     je 2f
     lock btsq %rax, %gs:PV_VP_PENDING
-    movl $(PV_LAPIC_BASE + APIC_EOI), %eax
+    /* Taken on the block's hlt itself (a backend that delivers right after
+     * sti, without the one-instruction shadow): resume after the hlt, or the
+     * vCPU would halt with its wake-up already consumed. */
+    leaq pv_halt(%rip), %rax
+    cmpq %rax, 24(%rsp)
+    jne 3f
+    incq 24(%rsp)                /* hlt is one byte */
+3:  movl $(PV_LAPIC_BASE + APIC_EOI), %eax
     movl $0, (%rax)
 2:  popq %rax
     addq $16, %rsp
@@ -99,6 +106,7 @@ pv_service:
     movl $PV_VEC_TIMER, APIC_LVT_TIMER(%rax) /* one-shot, unmasked */
     movl %edi, APIC_TIMER_INIT(%rax)
 12: sti
+pv_halt:
     hlt
     cli
     testl %edi, %edi

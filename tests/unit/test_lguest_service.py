@@ -474,3 +474,36 @@ def test_a_read_without_a_reply_buffer_is_an_error_not_a_kill(machine, tmp_path)
     assert request(a, page, abi.BLOCK_READ, 0, 512)[3] == abi.BLOCK_ERROR
     assert a.crashed is None
     svc.close()
+
+
+def test_a_stopped_guest_leaves_its_lan_slot_empty(machine):
+    svc, d, keys = lan_world(machine)
+    b = d["b"]
+    slot = svc.lans["lan0"].slots["b"]
+    assert b.memory.read(keys["b"] + 6 * slot, 6) == abi.net_mac(2)
+    svc.domain_stopped(b)
+    assert d["a"].memory.read(keys["a"] + 6 * slot, 6) == bytes(6)    # others see it gone
+    svc.close()
+
+
+def test_a_block_write_shorter_than_announced_writes_nothing(machine, tmp_path):
+    svc, a, page, img = block_world(machine, tmp_path, bytes(4096))
+    a.memory.write(BUF + 0x3000, b"\xEE" * 512)
+    r = request(a, page, abi.BLOCK_WRITE, 0, 1024, [(BUF + 0x3000, 512)])
+    assert r[3] == abi.BLOCK_ERROR and img.read_bytes() == bytes(4096)
+    svc.close()
+
+
+def test_console_input_is_written_before_used_len(machine):
+    """deliver() fills the data, then used_len: never the irq as a busy mark."""
+    svc, d = world(machine, [spec("a", 1, 4, [ConsoleSpec()])])
+    a, la = d["a"], svc.launcher("a")
+    put_dma(a, BUF, [(BUF + 0x1000, 16)])
+    a.call(abi.HC_BIND_DMA, 0, BUF, 1, 1)
+    writes = []
+    real = a.memory.write_u32
+    a.memory.write_u32 = lambda gpa, v: (writes.append((gpa, v, a.memory.read(BUF + 0x1000, 2))),
+                                          real(gpa, v))
+    assert la.deliver(0, b"hi") == (2, 1)
+    assert writes == [(BUF, 2, b"hi")]                # one store of used_len, data already there
+    svc.close()

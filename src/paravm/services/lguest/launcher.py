@@ -114,25 +114,10 @@ class Launcher:
         writes the real length, e.g. with :meth:`write_dma`).  ``ENOENT`` if
         no binding or none free (the reference returns a busy one then)."""
         self._check()
-        g = self.g
         with self.service.lock:
-            try:
-                kid = g.key_id(key)
-            except DmaError:
-                raise OSError(errno.ENOENT, f"lguest: bad key {key:#x}") from None
-            for b in g.bindings:
-                if b is None or b.key != kid:
-                    continue
-                for i in range(b.num):
-                    gpa = b.dmas + i * abi.DMA_SIZE
-                    try:
-                        if g.used_len(gpa) == 0:
-                            g.set_used_len(gpa, b.irq)
-                            return gpa, b.irq
-                    except DmaError:
-                        break
-                raise OSError(errno.ENOENT, f"lguest: no free buffer at key {key:#x}")
-        raise OSError(errno.ENOENT, f"lguest: nothing bound at key {key:#x}")
+            gpa, irq = self._free_entry(key)
+            self.g.set_used_len(gpa, irq)
+            return gpa, irq
 
     def irq(self, irq: int) -> None:
         """LHREQ_IRQ: raise lguest irq *irq* (``EINVAL`` if >= 32)."""
@@ -167,6 +152,36 @@ class Launcher:
             g.set_used_len(gpa, n)
             return n
 
+    def deliver(self, key: int, data) -> tuple[int, int]:
+        """Put *data* into a free entry this guest bound at *key*: the data
+        first, ``used_len`` last, so the guest never sees a busy entry with
+        stale bytes (GETDMA's busy mark would show it the irq number).
+        Returns ``(bytes, irq)``; ``OSError(ENOENT)`` as :meth:`getdma`."""
+        self._check()
+        g = self.g
+        with self.service.lock:
+            gpa, irq = self._free_entry(key)
+            _used, sections = g.read_dma(gpa)
+            n = _scatter(g.memory, sections, memoryview(data))
+            g.set_used_len(gpa, n)
+            return n, irq
+
+    def _free_entry(self, key: int) -> tuple[int, int]:
+        g = self.g
+        try:
+            kid = g.key_id(key)
+        except DmaError:
+            raise OSError(errno.ENOENT, f"lguest: bad key {key:#x}") from None
+        for b in g.bindings:
+            if b is None or b.key != kid:
+                continue
+            for i in range(b.num):
+                gpa = b.dmas + i * abi.DMA_SIZE
+                if g.used_len(gpa) == 0:
+                    return gpa, b.irq
+            raise OSError(errno.ENOENT, f"lguest: no free buffer at key {key:#x}")
+        raise OSError(errno.ENOENT, f"lguest: nothing bound at key {key:#x}")
+
     def read_sections(self, sections) -> bytes:
         return _gather(self.g.memory, sections, sum(n for _, n in sections))
 
@@ -197,7 +212,12 @@ class Launcher:
         return self._loop_factory() if self._loop_factory else None
 
     def stopped(self) -> None:
+        """The guest stopped: its LAN slots are emptied (no more sends to it)."""
         self.dead = True
+        g = self.g
+        for page, lan in g.lans.items():
+            slot = lan.slots[g.name]
+            lan.frames.buffer[slot * abi.NET_SLOT:(slot + 1) * abi.NET_SLOT] = bytes(abi.NET_SLOT)
         for d in self.devices:
             if d is not None:
                 d.stopped()
@@ -261,10 +281,9 @@ class ConsoleDevice:
             self._timer = None
             while self.pending and not self.l.dead:
                 try:
-                    gpa, irq = self.l.getdma(abi.CONSOLE_KEY)
-                except OSError:
+                    n, irq = self.l.deliver(abi.CONSOLE_KEY, self.pending)
+                except (OSError, DmaError):
                     break
-                n = self.l.write_dma(gpa, self.pending)
                 if n == 0:
                     break
                 del self.pending[:n]
@@ -321,12 +340,12 @@ class BlockDevice:
 
     def _write(self, off: int, nbytes: int, sections) -> int:
         data = self.l.read_sections(sections)
-        if self.spec.readonly or off + len(data) > self.size:
+        if self.spec.readonly or off + len(data) > self.size or len(data) != nbytes:
             return abi.BLOCK_ERROR
         os.pwrite(self.fd, data, off)
         self.dirty = True
         self.writes += 1
-        return abi.BLOCK_DONE if len(data) == nbytes else abi.BLOCK_ERROR
+        return abi.BLOCK_DONE
 
     def _read(self, off: int, nbytes: int) -> int:
         try:
