@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -185,3 +188,26 @@ def test_launcher_pauses_and_resumes_a_running_guest(tmp_path, guests):
 
     text = ok(run(m, host), "c")
     assert text.index("got: while paused") < text.index("got: quit")
+
+
+def test_the_lguest_example_runs_with_a_capture(hello_elf, tmp_path):
+    """examples/lguest through the CLI: a disk read through DMA, ping/pong on a LAN."""
+    repo = Path(__file__).resolve().parents[2]
+    pcap = tmp_path / "lan0.pcap"
+    p = subprocess.run([sys.executable, "-m", "paravm.cli.main", "run",
+                        str(repo / "examples/lguest/lguest.toml"), "--capture", f"lan0={pcap}"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    size = (repo / "examples/lguest/lguest.toml").stat().st_size
+    assert f"reader| disk: {size} bytes" in p.stdout
+    assert "ping| sent ping -> 'pong 2'" in p.stdout
+    frames = read_pcap(pcap)
+    assert len(frames) == 6 and frames[0][14:20] == b"ping 0" and frames[1][14:20] == b"pong 0"
+
+
+def test_capture_of_an_unknown_lan_is_a_usage_error(hello_elf):
+    repo = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-m", "paravm.cli.main", "run",
+                        str(repo / "examples/lguest/lguest.toml"), "--capture", "nolan=/tmp/x"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "no LAN 'nolan'" in p.stderr
