@@ -211,3 +211,13 @@ def test_capture_of_an_unknown_lan_is_a_usage_error(hello_elf):
                         str(repo / "examples/lguest/lguest.toml"), "--capture", "nolan=/tmp/x"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "no LAN 'nolan'" in p.stderr
+
+
+def test_console_input_from_stdin_through_the_cli(tmp_path, guests):
+    m = tmp_path / "m.toml"
+    m.write_text(f'[[domain]]\nname = "c"\nimage = "{elf(guests)}"\nmemory = 16\n'
+                 'args = ["console"]\n\n[[domain.device]]\ntype = "console"\ninput = "stdin"\n')
+    p = subprocess.run([sys.executable, "-m", "paravm.cli.main", "run", str(m)],
+                       input="typed\nquit\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "c| got: typed" in p.stdout and "c| got: quit" in p.stdout
