@@ -507,3 +507,22 @@ def test_console_input_is_written_before_used_len(machine):
     assert la.deliver(0, b"hi") == (2, 1)
     assert writes == [(BUF, 2, b"hi")]                # one store of used_len, data already there
     svc.close()
+
+
+def test_a_restarted_guest_gets_fresh_pages_and_launcher(machine, tmp_path):
+    img = tmp_path / "disk.img"
+    img.write_bytes(bytes(4096))
+    specs = [spec("a", 1, 4, [NetSpec("lan0"), BlockSpec(path=img)]), spec("b", 2, 4, [NetSpec("lan0")])]
+    svc, d = world(machine, specs)
+    a = d["a"]
+    old = svc.launcher("a")
+    a.memory.write(a.ram.size + 4, struct.pack("<H", 7))          # status set by the guest
+    svc.domain_stopped(a)
+    key = svc.guests["a"].device_gpa[0]
+    assert a.memory.read(key, 6) == bytes(6)                       # slot 0 emptied
+    a2 = FakeDomain(machine, "a", 1, 4 * MiB, svc.regions("a"))
+    svc.attach(a2)
+    assert svc.launcher("a") is not old and old.devices[1].fd == -1   # the old one closed
+    assert a2.memory.read(key, 6) == abi.net_mac(1)                # the slot is back
+    assert svc.launcher("a").device_status(0) == 0                 # statuses start over
+    svc.close()

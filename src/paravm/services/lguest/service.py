@@ -204,8 +204,13 @@ class LguestService:
             t.register(abi.HC_BIND_DMA, "lguest_bind_dma", lambda v, *a: 0)
             t.register(abi.HC_SEND_DMA, "lguest_send_dma", lambda v, *a: 0)
             return None
+        from .launcher import build_pages
         with self.lock:
             self._drop_bindings(g)
+            if g.launcher is not None:          # a restarted domain: a fresh launcher
+                g.launcher.close()
+            if getattr(g, "pages", None) is not None:
+                build_pages(self, g)            # descriptors and MAC slots as new
             g.domain = domain
             g.launcher = Launcher(self, g, self._loop_factory)
         t.register(abi.HC_BIND_DMA, "lguest_bind_dma",
