@@ -115,3 +115,48 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = [fmt(headers), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def result_fields(line: str) -> dict[str, str]:
+    """The ``k=v`` fields of one ``RESULT ...`` line."""
+    return dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
+
+
+def run_marked_guests(paravm, manifest, timeout: float, what: str, on_mark,
+                      timing: bool = False, on_created=None) -> dict:
+    """Run every guest of *manifest* to the end; exit the benchmark with their
+    consoles if one fails or they do not finish in *timeout* s.  Each console
+    line ``MARK ...`` calls ``on_mark(domain, line)`` in the vCPU thread, inside
+    that line's console-write exit (so a stats snapshot there sees exactly the
+    exits before it).  Returns the RESULT fields by ``(domain name, id field)``."""
+    hv_box: list = []
+
+    def sink(name: str, line: str) -> None:
+        if line.startswith("MARK "):
+            on_mark(hv_box[0].domains[name], line)
+
+    def dump(texts: dict[str, str]) -> str:
+        return "\n".join(f"--- {n}\n{t.strip()[-2000:]}" for n, t in texts.items())
+
+    with paravm.Hypervisor(output=sink, timing=timing) as hv:
+        hv_box.append(hv)
+        doms = hv.create_from_manifest(manifest)
+        if on_created is not None:
+            on_created(doms)
+        hv.start_all()
+        res = hv.wait_all(timeout)
+        texts = {d.name: d.console.text for d in doms}
+        if res is None:
+            sys.exit(f"bench: {what} guests did not finish in time:\n" + dump(texts))
+        bad = {n: r for n, r in res.items() if r.how != "exited" or r.status != 0}
+        if bad:
+            sys.exit(f"bench: {what} guest failed: "
+                     + ", ".join(f"{n}: {r.describe()}" for n, r in bad.items())
+                     + "\n" + dump(texts))
+    results = {}
+    for name, text in texts.items():
+        for line in text.splitlines():
+            if line.startswith("RESULT "):
+                f = result_fields(line)
+                results[(name, int(f["id"]))] = f
+    return results

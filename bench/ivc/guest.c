@@ -51,6 +51,7 @@
  */
 #include <paravm.h>
 #include <paravm/tegra_hv.h>
+#include "occupancy.h"
 
 #define Q_CTL      1
 #define Q_PING     2
@@ -154,19 +155,6 @@ static unsigned batch_div;      /* resume at nframes / batch_div free (tx) or re
 
 /* What the protocol would see: frames ready in my rx channel, frames free in
  * my tx channel (over-full counts as empty / full, as in ivc.c). */
-static uint32_t rx_ready(const struct tegra_ivc *ivc)
-{
-    uint32_t n = __atomic_load_n(&ivc->rx_channel->w_count, __ATOMIC_ACQUIRE) -
-                 __atomic_load_n(&ivc->rx_channel->r_count, __ATOMIC_RELAXED);
-    return n > ivc->nframes ? 0 : n;
-}
-
-static uint32_t tx_free(const struct tegra_ivc *ivc)
-{
-    uint32_t n = __atomic_load_n(&ivc->tx_channel->w_count, __ATOMIC_RELAXED) -
-                 __atomic_load_n(&ivc->tx_channel->r_count, __ATOMIC_ACQUIRE);
-    return n >= ivc->nframes ? 0 : ivc->nframes - n;
-}
 
 /*
  * Called when a queue op found the queue full (tx) or empty (rx), err being

@@ -128,45 +128,17 @@ def _exits(d) -> int:
     return sum(d.stats()["exits"].values())
 
 
-def _fields(line: str) -> dict[str, str]:
-    return dict(x.split("=", 1) for x in line.split()[1:] if "=" in x)
-
-
-def _dump(texts: dict[str, str]) -> str:
-    return "\n".join(f"--- {n}\n{t.strip()[-2000:]}" for n, t in texts.items())
 
 
 def run_guest_pair(paravm, m, timeout: float) -> tuple[dict, dict]:
     """Run guests a and b to the end: (RESULT fields by (domain, phase id),
     VMM exit count by (domain, mark))."""
     marks: dict[tuple[str, str], int] = {}
-    hv_box: list = []
 
-    def sink(name: str, line: str) -> None:
-        # Runs in the vCPU thread, inside the console-write exit of that line.
-        if line.startswith("MARK "):
-            marks[(name, line[5:].strip())] = _exits(hv_box[0].domains[name])
+    def on_mark(d, line: str) -> None:
+        marks[(d.name, line[5:].strip())] = _exits(d)
 
-    with paravm.Hypervisor(output=sink) as hv:
-        hv_box.append(hv)
-        doms = hv.create_from_manifest(m)
-        hv.start_all()
-        res = hv.wait_all(timeout)
-        texts = {d.name: d.console.text for d in doms}
-        if res is None:
-            sys.exit("bench: ivc guests did not finish in time:\n" + _dump(texts))
-        bad = {n: r for n, r in res.items() if r.how != "exited" or r.status != 0}
-        if bad:
-            sys.exit("bench: ivc guest failed: "
-                     + ", ".join(f"{n}: {r.describe()}" for n, r in bad.items())
-                     + "\n" + _dump(texts))
-    results = {}
-    for name, text in texts.items():
-        for line in text.splitlines():
-            if line.startswith("RESULT "):
-                f = _fields(line)
-                results[(name, int(f["id"]))] = f
-    return results, marks
+    return common.run_marked_guests(paravm, m, timeout, "ivc", on_mark), marks
 
 
 def phase_exits(marks: dict, pid: int) -> int:
@@ -479,7 +451,7 @@ def host_guest(paravm, rounds: int, n: int, spin: int, batch_div: int):
             guest = {}
             for line in dom.console.text.splitlines():
                 if line.startswith("RESULT "):
-                    f = _fields(line)
+                    f = common.result_fields(line)
                     guest[f["variant"].split("-")[0]] = {
                         k: int(f[k]) for k in ("n", "waits", "bells", "timeouts", "late")}
             exits = ivc.exits
