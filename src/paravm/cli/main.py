@@ -77,7 +77,8 @@ def cmd_run(args, t_process: int) -> int:
         _err("--timeout must be > 0")
         return EXIT_USAGE
     captures = []
-    lans = {d.lan for spec in manifest.domains for d in spec.devices if hasattr(d, "lan")}
+    from ..config import NetSpec
+    lans = {d.lan for spec in manifest.domains for d in spec.devices if isinstance(d, NetSpec)}
     for item in args.capture:
         lan, sep, path = item.partition("=")
         if not sep or not path:

@@ -30,6 +30,7 @@ import os
 import sys
 import threading
 
+from ...config.manifest import BlockSpec, ConsoleSpec, NetSpec
 from ...memory import PAGE_SIZE
 from . import abi
 from .service import DmaError, LguestDomain, _gather
@@ -41,19 +42,17 @@ def build_pages(service, g: LguestDomain) -> tuple:
     if getattr(g, "pages", None) is None:
         pages = {g.desc_gpa: service.machine.alloc(1, f"lguest-desc:{g.name}")}
         for dev, gpa in zip(g.devices, g.device_gpa):
-            kind = type(dev).__name__
-            if kind == "BlockSpec":
+            if isinstance(dev, BlockSpec):
                 pages[gpa] = service.machine.alloc(1, f"lguest-block:{g.name}")
-            elif kind == "NetSpec":
+            elif isinstance(dev, NetSpec):
                 pages[gpa] = g.lans[gpa].frames
         g.pages = pages
     desc = g.pages[g.desc_gpa].buffer
     desc[:PAGE_SIZE] = bytes(PAGE_SIZE)
     for i, (dev, gpa) in enumerate(zip(g.devices, g.device_gpa)):
-        kind = type(dev).__name__
-        if kind == "ConsoleSpec":
+        if isinstance(dev, ConsoleSpec):
             entry = (abi.T_CONSOLE, 0, 0, 0, 0)
-        elif kind == "BlockSpec":
+        elif isinstance(dev, BlockSpec):
             size = os.stat(dev.path).st_size
             page = g.pages[gpa].buffer
             page[:PAGE_SIZE] = bytes(PAGE_SIZE)
@@ -63,7 +62,7 @@ def build_pages(service, g: LguestDomain) -> tuple:
         else:
             lan = g.lans[gpa]
             slot = lan.slots[g.name]
-            lan.frames.buffer[slot * abi.NET_SLOT:(slot + 1) * abi.NET_SLOT] = abi.net_mac(g.domid)
+            lan.write_slot(slot, abi.net_mac(g.domid))
             entry = (abi.T_NET, slot | abi.NET_F_NOCSUM, 0, 1, gpa >> 12)
         abi.DESC.pack_into(desc, i * abi.DESC_SIZE, *entry)
     return tuple((gpa, frames, False) for gpa, frames in g.pages.items())
@@ -91,13 +90,12 @@ class Launcher:
         self._initialized = True
         g = self.g
         for i, (dev, gpa) in enumerate(zip(g.devices, g.device_gpa)):
-            kind = type(dev).__name__
-            if kind == "ConsoleSpec":
+            if isinstance(dev, ConsoleSpec):
                 self.devices.append(ConsoleDevice(self, i, dev))
-            elif kind == "BlockSpec":
+            elif isinstance(dev, BlockSpec):
                 self.devices.append(BlockDevice(self, i, dev, gpa))
             else:
-                self.devices.append(None)
+                self.devices.append(None)          # net: served guest to guest
         for d in self.devices:
             if d is not None:
                 d.start()
@@ -143,8 +141,9 @@ class Launcher:
         self._watch[self.g.key_id(key)] = handler
 
     def write_dma(self, gpa: int, data) -> int:
-        """Scatter *data* into the sections of the lguest_dma at *gpa*, set its
-        used_len to the bytes written; returns that count."""
+        """Scatter *data* into the sections of the lguest_dma at *gpa* (the
+        data first), then set its used_len to the bytes written; returns that
+        count.  ``DmaError`` for a bad lguest_dma."""
         g = self.g
         with self.service.lock:
             _used, sections = g.read_dma(gpa)
@@ -153,34 +152,40 @@ class Launcher:
             return n
 
     def deliver(self, key: int, data) -> tuple[int, int]:
-        """Put *data* into a free entry this guest bound at *key*: the data
-        first, ``used_len`` last, so the guest never sees a busy entry with
-        stale bytes (GETDMA's busy mark would show it the irq number).
-        Returns ``(bytes, irq)``; ``OSError(ENOENT)`` as :meth:`getdma`."""
+        """Put *data* into a free entry this guest bound at *key* with
+        :meth:`write_dma` (no GETDMA busy mark first: the guest would see the
+        irq number as a length).  ``(bytes, irq)``; errors as :meth:`getdma`."""
         self._check()
-        g = self.g
         with self.service.lock:
             gpa, irq = self._free_entry(key)
-            _used, sections = g.read_dma(gpa)
-            n = _scatter(g.memory, sections, memoryview(data))
-            g.set_used_len(gpa, n)
-            return n, irq
+            try:
+                return self.write_dma(gpa, data), irq
+            except DmaError as e:
+                self.g.kill(str(e))
+                raise OSError(errno.ENOENT, f"lguest: {e}") from None
 
     def _free_entry(self, key: int, kid: tuple | None = None) -> tuple[int, int]:
+        """A free entry bound at *key*: ``(dma GPA, irq)``; ``OSError(ENOENT)``
+        if none.  A binding whose array leaves guest memory kills the guest
+        (as the reference's GETDMA) and counts as none."""
         g = self.g
         if kid is None:
             try:
                 kid = g.key_id(key)
             except DmaError:
                 raise OSError(errno.ENOENT, f"lguest: bad key {key:#x}") from None
-        for b in g.bindings:
-            if b is None or b.key != kid:
-                continue
-            for i in range(b.num):
-                gpa = b.dmas + i * abi.DMA_SIZE
-                if g.used_len(gpa) == 0:
-                    return gpa, b.irq
-            raise OSError(errno.ENOENT, f"lguest: no free buffer at key {key:#x}")
+        try:
+            for b in g.bindings:
+                if b is None or b.key != kid:
+                    continue
+                for i in range(b.num):
+                    gpa = b.dmas + i * abi.DMA_SIZE
+                    if g.used_len(gpa) == 0:
+                        return gpa, b.irq
+                raise OSError(errno.ENOENT, f"lguest: no free buffer at key {key:#x}")
+        except DmaError as e:
+            g.kill(str(e))
+            raise OSError(errno.ENOENT, f"lguest: {e}") from None
         raise OSError(errno.ENOENT, f"lguest: nothing bound at key {key:#x}")
 
     def read_sections(self, sections) -> bytes:
@@ -217,9 +222,8 @@ class Launcher:
         """The guest stopped: its LAN slots are emptied (no more sends to it)."""
         self.dead = True
         g = self.g
-        for page, lan in g.lans.items():
-            slot = lan.slots[g.name]
-            lan.frames.buffer[slot * abi.NET_SLOT:(slot + 1) * abi.NET_SLOT] = bytes(abi.NET_SLOT)
+        for lan in g.lans.values():
+            lan.write_slot(lan.slots[g.name], bytes(abi.NET_SLOT))
         for d in self.devices:
             if d is not None:
                 d.stopped()

@@ -35,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ...arch.x86 import layout as L
+from ...config.manifest import ConsoleSpec, NetSpec
 from ...memory import PAGE_SIZE
 from ...memory.guest import GuestMemoryError
 from ...vm.vcpu import GuestStop
@@ -66,6 +67,10 @@ class Lan:
     delivered: int = 0
     dropped: int = 0
 
+    def write_slot(self, slot: int, mac: bytes) -> None:
+        """Write *mac* into *slot* of the page (zeros: the slot is unused)."""
+        self.frames.buffer[slot * abi.NET_SLOT:(slot + 1) * abi.NET_SLOT] = mac
+
 
 class LguestDomain:
     """The lguest state of one guest: bindings, device pages, its launcher."""
@@ -81,7 +86,7 @@ class LguestDomain:
         self.lans: dict[int, Lan] = {}           # page GPA -> LAN
         gpa = memory_bytes + PAGE_SIZE
         for dev in self.devices:
-            if type(dev).__name__ == "ConsoleSpec":
+            if isinstance(dev, ConsoleSpec):
                 self.device_gpa.append(0)
                 continue
             self.device_gpa.append(gpa)
@@ -96,7 +101,7 @@ class LguestDomain:
 
     def key_id(self, key: int) -> tuple:
         """The identity of *key*; ``DmaError`` if unaligned or unmapped."""
-        if key & 3 or key < 0:
+        if key & 3:
             raise DmaError(f"bad dma key {key:#x}")
         for page, lan in self.lans.items():
             if page <= key < page + PAGE_SIZE:
@@ -141,18 +146,14 @@ class LguestDomain:
             raise DmaError(f"lguest_dma at {gpa:#x} outside guest memory") from None
 
     def raise_irq(self, irq: int) -> None:
-        """Raise lguest irq *irq* on vCPU 0: through an irqfd made on first use
-        (an eventfd write; cheaper here than a KVM_SIGNAL_MSI ioctl)."""
+        """Raise lguest irq *irq* on vCPU 0 through an irqfd made on first use
+        (an eventfd write, as the IVC doorbells; the domain closes it)."""
         dom = self.domain
         if dom is None or dom.stopped or not 0 < irq < abi.IRQS:
             return
         fd = self._irqfds.get(irq)
         if fd is None:
-            make = getattr(dom, "irqfd", None)
-            if make is None:                      # a domain without irqfds (tests)
-                dom.signal_msi(0, abi.VECTOR_BASE + irq)
-                return
-            fd = self._irqfds[irq] = make(0, abi.VECTOR_BASE + irq).fileno()
+            fd = self._irqfds[irq] = dom.irqfd(0, abi.VECTOR_BASE + irq).fileno()
         os.eventfd_write(fd, 1)
 
     def kill(self, reason: str) -> None:
@@ -181,7 +182,7 @@ class LguestService:
                                                       spec.memory_bytes, spec.devices)
         for g in self.guests.values():
             for dev, gpa in zip(g.devices, g.device_gpa):
-                if type(dev).__name__ == "NetSpec":
+                if isinstance(dev, NetSpec):
                     lan = self.lans.get(dev.lan)
                     if lan is None:
                         lan = self.lans[dev.lan] = Lan(dev.lan)
@@ -262,13 +263,18 @@ class LguestService:
             if g.launcher is not None:
                 g.launcher.stopped()
 
+    def _unbind(self, g: LguestDomain, i: int) -> None:
+        b = g.bindings[i]
+        g.bindings[i] = None
+        same = self.by_key[b.key]
+        same.remove(b)
+        if not same:
+            del self.by_key[b.key]
+
     def _drop_bindings(self, g: LguestDomain) -> None:
         for i, b in enumerate(g.bindings):
             if b is not None:
-                self.by_key[b.key].remove(b)
-                if not self.by_key[b.key]:
-                    del self.by_key[b.key]
-                g.bindings[i] = None
+                self._unbind(g, i)
 
     def close(self) -> None:
         with self.lock:
@@ -296,10 +302,7 @@ class LguestService:
             if irq == 0:
                 for i, b in enumerate(g.bindings):
                     if b is not None and b.key == kid and b.dmas == dmas:
-                        g.bindings[i] = None
-                        self.by_key[kid].remove(b)
-                        if not self.by_key[kid]:
-                            del self.by_key[kid]
+                        self._unbind(g, i)
                         return 1
                 return 0
             if not 0 < num <= abi.MAX_BOUND:
@@ -319,30 +322,28 @@ class LguestService:
         except DmaError as e:
             raise GuestStop(f"lguest: {e}") from None
         with self.lock:
-            if kid[0] == "private":
-                try:
-                    _used, sections = g.read_dma(dma)
+            try:
+                _used, sections = g.read_dma(dma)
+                if kid[0] == "private":
                     n = g.launcher.handle_output(key, kid, dma, sections)
                     if n is not None:
                         g.set_used_len(dma, n)
-                except DmaError as e:
-                    raise GuestStop(f"lguest: {e}") from None
-                return 0
+                    return 0
+            except DmaError as e:
+                raise GuestStop(f"lguest: {e}") from None
             lan = self.lans[kid[1]]
+            if sum(n for _, n in sections) > abi.NET_MAX_FRAME:
+                lan.dropped += 1                   # an oversize frame is dropped
+                return 0
             for _attempt in range(2):          # "give one chance to restock"
                 dst = next((b for b in self.by_key.get(kid, ()) if b.owner is not g), None)
-                if dst is None:
-                    return 0
-                if self._transfer(g, dma, dst, lan) is not None:
+                if dst is None or self._transfer(g, dma, sections, dst, lan) is not None:
                     return 0
             return 0
 
-    def _transfer(self, src: LguestDomain, dma: int, dst: Binding, lan: Lan | None):
-        """dma_transfer: bytes copied, or None when *dst* had no free entry."""
-        try:
-            _used, src_sections = src.read_dma(dma)
-        except DmaError as e:
-            raise GuestStop(f"lguest: {e}") from None
+    def _transfer(self, src: LguestDomain, dma: int, src_sections, dst: Binding, lan: Lan):
+        """dma_transfer of the checked *src_sections*: bytes copied, or None
+        when *dst* had no free entry."""
         owner = dst.owner
         try:
             entry = None
@@ -360,20 +361,15 @@ class LguestService:
             owner.kill(str(e))
             self._drop_bindings(owner)
             return 0
-        total_src = sum(n for _, n in src_sections)
-        if lan is not None and total_src > abi.NET_MAX_FRAME:
-            lan.dropped += 1
-            return 0                               # an oversize frame is dropped
         total = _copy(src.memory, src_sections, owner.memory, dst_sections)
         src.set_used_len(dma, total)
         if total == 0 and src_sections:
             return 0
         owner.set_used_len(entry, total)
         dst.next_dma = (dst.next_dma + 1) & 0xFFFF
-        if lan is not None:
-            lan.delivered += 1
-            if lan.capture is not None:
-                lan.capture.write(_gather(owner.memory, dst_sections, total))
+        lan.delivered += 1
+        if lan.capture is not None:
+            lan.capture.write(_gather(owner.memory, dst_sections, total))
         owner.raise_irq(dst.irq)
         return total
 
