@@ -6,7 +6,9 @@ enum ivc_user { USER_NONE, USER_COOKIE, USER_LOOPBACK };
 
 struct hv_queue {
     struct tegra_hv_ivc_cookie cookie;   /* first: cookie <-> queue */
-    const struct tegra_hv_queue_data *qd;
+    uint32_t id;                         /* from the info page, copied at probe */
+    uint32_t raise_irq;
+    uint32_t offset;
     struct tegra_ivc ivc;
     const struct tegra_hv_ivc_ops *ops;
     int user;
@@ -22,7 +24,6 @@ struct hv_mempool {
 static struct {
     int state;                 /* 0 not probed, 1 ready, -errno failed */
     int vmid;
-    const struct ivc_info_page *info;
     int nqueues;
     struct hv_queue queues[PV_IVC_MAX_QUEUES];
     int nmempools;
@@ -34,10 +35,10 @@ static void ring_peer(struct tegra_ivc *ivc, void *data)
     (void)ivc;
     const struct hv_queue *q = data;
     if (q->doorbell == PV_IVC_DOORBELL_HYPERCALL) {
-        pv_hypercall2(PV_HC_IVC_RAISE_IRQ, q->qd->raise_irq, (unsigned)q->cookie.peer_vmid);
+        pv_hypercall2(PV_HC_IVC_RAISE_IRQ, q->raise_irq, (unsigned)q->cookie.peer_vmid);
         return;
     }
-    __asm__ volatile("outl %%eax, %%dx" : : "a"((uint32_t)q->qd->raise_irq),
+    __asm__ volatile("outl %%eax, %%dx" : : "a"(q->raise_irq),
                      "d"((uint16_t)PV_IVC_DOORBELL_PORT) : "memory");
 }
 
@@ -50,15 +51,23 @@ static int probe(void)
         return hv.state = -PV_EPROBE_DEFER;
     hv.vmid = (int)pv_hypercall0(PV_HC_IVC_READ_GID);
     const struct ivc_info_page *info = (const void *)gpa;
+    /* The counts, read once and checked to fit in the page before any walk. */
+    uint64_t nareas = info->nr_areas, nqueues = info->nr_queues, npools = info->nr_mempools;
+    if (sizeof(*info) + nareas * sizeof(struct ivc_shared_area) +
+        nqueues * sizeof(struct tegra_hv_queue_data) +
+        npools * sizeof(struct ivc_mempool) > 4096)
+        return hv.state = -PV_EPROBE_DEFER;
     const struct ivc_shared_area *areas = (const void *)(info + 1);
-    const struct tegra_hv_queue_data *qds = (const void *)(areas + info->nr_areas);
-    unsigned n = info->nr_queues < PV_IVC_MAX_QUEUES ? info->nr_queues : PV_IVC_MAX_QUEUES;
+    const struct tegra_hv_queue_data *qds = (const void *)(areas + nareas);
+    unsigned n = nqueues < PV_IVC_MAX_QUEUES ? (unsigned)nqueues : PV_IVC_MAX_QUEUES;
     for (unsigned i = 0; i < n; i++) {
         const struct tegra_hv_queue_data *qd = &qds[i];
+        if (qd->peers[0] != (uint32_t)hv.vmid && qd->peers[1] != (uint32_t)hv.vmid)
+            continue;   /* not one of mine */
         int loopback = qd->peers[0] == qd->peers[1];
         int peer = (int)(qd->peers[0] == (uint32_t)hv.vmid ? qd->peers[1] : qd->peers[0]);
         const struct ivc_shared_area *area = 0;
-        for (unsigned a = 0; a < info->nr_areas; a++)
+        for (unsigned a = 0; a < nareas; a++)
             if ((int)areas[a].guest == (loopback ? hv.vmid : peer))
                 area = &areas[a];
         if (!area || qd->offset > area->size || 2ull * qd->size > area->size - qd->offset)
@@ -66,21 +75,21 @@ static int probe(void)
         int rx_first = loopback ? !(qd->id & 1) : qd->peers[0] == (uint32_t)hv.vmid;
         char *base = (char *)area->pa + qd->offset;
         struct hv_queue *q = &hv.queues[hv.nqueues];
-        q->qd = qd;
+        q->id = qd->id;
+        q->raise_irq = qd->raise_irq;
+        q->offset = qd->offset;
         q->cookie.irq = qd->irq;
         q->cookie.peer_vmid = peer;
         q->cookie.nframes = (int)qd->nframes;
         q->cookie.frame_size = (int)qd->frame_size;
         if (tegra_ivc_init(&q->ivc, rx_first ? base : base + qd->size,
                            rx_first ? base + qd->size : base, qd->nframes, qd->frame_size,
-                           ring_peer, q) != 0)
+                           ring_peer, q) != 0 || tegra_ivc_channel_sync(&q->ivc) != 0)
             continue;
-        tegra_ivc_channel_sync(&q->ivc);
         hv.nqueues++;
     }
-    const struct ivc_mempool *pools = (const void *)(qds + info->nr_queues);
-    unsigned np = info->nr_mempools < PV_IVC_MAX_MEMPOOLS ? info->nr_mempools
-                                                          : PV_IVC_MAX_MEMPOOLS;
+    const struct ivc_mempool *pools = (const void *)(qds + nqueues);
+    unsigned np = npools < PV_IVC_MAX_MEMPOOLS ? (unsigned)npools : PV_IVC_MAX_MEMPOOLS;
     for (unsigned i = 0; i < np; i++) {
         struct hv_mempool *m = &hv.mempools[hv.nmempools++];
         m->id = pools[i].id;
@@ -88,7 +97,6 @@ static int probe(void)
         m->cookie.size = pools[i].size;
         m->cookie.peer_vmid = pools[i].peer_vmid;
     }
-    hv.info = info;
     hv.state = 1;
     return 0;
 }
@@ -96,7 +104,7 @@ static int probe(void)
 static struct hv_queue *find(int id)
 {
     for (int i = 0; i < hv.nqueues; i++)
-        if ((int)hv.queues[i].qd->id == id)
+        if ((int)hv.queues[i].id == id)
             return &hv.queues[i];
     return 0;
 }
@@ -117,13 +125,16 @@ static void check_ready(struct hv_queue *q)
         q->ops->tx_rdy(&q->cookie);
 }
 
+/* Gen-1 loopback: every frame that can be read is copied to tx, while both
+ * sides allow it. */
 static void echo(struct hv_queue *q)
 {
-    while (tegra_ivc_can_read(&q->ivc) && tegra_ivc_can_write(&q->ivc)) {
-        void *src = tegra_ivc_read_get_next_frame(&q->ivc);
-        if (!src)
+    for (;;) {
+        const void *src = tegra_ivc_read_get_next_frame(&q->ivc);
+        void *dst = src ? tegra_ivc_write_get_next_frame(&q->ivc) : 0;
+        if (!dst)
             break;
-        tegra_ivc_write_poke(&q->ivc, src, 0, q->qd->frame_size);
+        memcpy(dst, src, q->ivc.frame_size);
         tegra_ivc_read_advance(&q->ivc);
         tegra_ivc_write_advance(&q->ivc);
     }
@@ -153,17 +164,14 @@ struct tegra_hv_ivc_cookie *tegra_hv_ivc_reserve(void *dn, int id,
         return PV_ERR_PTR(-PV_ENODEV);
     if (q->user != USER_NONE)
         return PV_ERR_PTR(-PV_EBUSY);
+    if (ops) {
+        int r = pv_irq_register(q->cookie.irq, on_irq, q);
+        if (r)
+            return PV_ERR_PTR(r);
+    }
     q->user = USER_COOKIE;
     q->ops = ops;
-    if (ops) {
-        check_ready(q);
-        int r = pv_irq_register(q->cookie.irq, on_irq, q);
-        if (r) {
-            q->user = USER_NONE;
-            q->ops = 0;
-            return PV_ERR_PTR(r);
-        }
-    }
+    check_ready(q);     /* as the reference: at once if the queue is ready */
     return &q->cookie;
 }
 
@@ -206,24 +214,19 @@ int tegra_hv_ivc_write_poke(struct tegra_hv_ivc_cookie *c, const void *buf, int 
     return tegra_ivc_write_poke(&Q(c)->ivc, buf, (size_t)off, (size_t)count);
 }
 
-/* NULL from the library -> the kernel's ERR_PTR: -ECONNRESET while not
- * established (my own state), else empty/full. */
-static void *frame_or_err(struct hv_queue *q, void *p)
-{
-    if (p)
-        return p;
-    return PV_ERR_PTR(q->ivc.tx_channel->state != TEGRA_IVC_STATE_ESTABLISHED
-                      ? -PV_ECONNRESET : -PV_ENOMEM);
-}
-
+/* The kernel's ERR_PTR form: the library's own error of that check. */
 void *tegra_hv_ivc_read_get_next_frame(struct tegra_hv_ivc_cookie *c)
 {
-    return frame_or_err(Q(c), tegra_ivc_read_get_next_frame(&Q(c)->ivc));
+    int err;
+    void *p = tegra_ivc_read_get_next_frame_err(&Q(c)->ivc, &err);
+    return p ? p : PV_ERR_PTR(err);
 }
 
 void *tegra_hv_ivc_write_get_next_frame(struct tegra_hv_ivc_cookie *c)
 {
-    return frame_or_err(Q(c), tegra_ivc_write_get_next_frame(&Q(c)->ivc));
+    int err;
+    void *p = tegra_ivc_write_get_next_frame_err(&Q(c)->ivc, &err);
+    return p ? p : PV_ERR_PTR(err);
 }
 
 int tegra_hv_ivc_read_advance(struct tegra_hv_ivc_cookie *c) { return tegra_ivc_read_advance(&Q(c)->ivc); }
@@ -240,9 +243,8 @@ int tegra_hv_ivc_channel_reset(struct tegra_hv_ivc_cookie *c)
 
 int tegra_hv_ivc_dump(struct tegra_hv_ivc_cookie *c)
 {
-    const struct tegra_hv_queue_data *qd = Q(c)->qd;
-    printf("IVC#%u: IRQ=%d nframes=%d frame_size=%d offset=%u\n", qd->id, c->irq, c->nframes,
-           c->frame_size, qd->offset);
+    printf("IVC#%u: IRQ=%d nframes=%d frame_size=%d offset=%u\n", Q(c)->id, c->irq,
+           c->nframes, c->frame_size, Q(c)->offset);
     return 0;
 }
 

@@ -76,6 +76,14 @@ uint64_t lguest_clock_ns(void)
     return (c / khz) * 1000000 + (c % khz) * 1000000 / khz;
 }
 
+uint64_t lguest_deadline(uint64_t timeout_ns)
+{
+    if (!timeout_ns)
+        return 0;
+    uint64_t now = lguest_clock_ns();
+    return timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
+}
+
 int lguest_wait_slice(uint64_t deadline)
 {
     uint64_t wait = LGUEST_POLL_NS;
@@ -93,23 +101,14 @@ int lguest_wait_slice(uint64_t deadline)
 /* --- devices ------------------------------------------------------------------------ */
 volatile struct lguest_device_desc *lguest_device_descs(void)
 {
-    return (volatile struct lguest_device_desc *)pv_boot_info()->ram_size;
+    return (volatile struct lguest_device_desc *)pv_boot_info()->lguest_descs;
 }
 
 int lguest_present(void)
 {
-    /* Only a domain with devices has the descriptor page (reading a missing
-     * one stops the domain), and only there does a bind succeed: elsewhere
-     * the VMM answers 0 (lguest in use by other domains) or -ENOSYS. */
-    static int present = -1;
-    static uint32_t key;
-    static struct lguest_dma dma;
-    if (present < 0) {
-        present = pv_hypercall4(LHCALL_BIND_DMA, (uint64_t)&key, (uint64_t)&dma, 1, 1) == 1;
-        if (present)
-            lguest_unbind_dma((uint64_t)&key, &dma);
-    }
-    return present;
+    /* The VMM writes the descriptor page's GPA into the boot info of a
+     * domain with devices (the page just above RAM); 0 elsewhere. */
+    return pv_boot_info()->lguest_descs != 0;
 }
 
 int lguest_device_find(unsigned type, unsigned nth)
@@ -148,7 +147,7 @@ static void on_irq(unsigned vector, void *ctx)
 {
     (void)vector;
     struct lguest_device *dev = ctx;
-    dev->irqs++;
+    __atomic_fetch_add(&dev->irqs, 1, __ATOMIC_RELAXED);
     lguest_device_gone(dev);
 }
 

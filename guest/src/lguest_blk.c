@@ -58,18 +58,19 @@ static int request(struct lguest_blk *b, int type, uint64_t sector, const void *
     pg->bytes = (uint32_t)bytes;
     pg->result = LGUEST_BLOCK_PENDING;
     lguest_send_dma((uint64_t)pg, &b->req);
-    uint64_t deadline = lguest_clock_ns() + b->timeout_ns;
+    uint64_t deadline = lguest_deadline(b->timeout_ns ? b->timeout_ns : 1);
     int32_t result;
     while ((result = pg->result) == LGUEST_BLOCK_PENDING) {
         if (lguest_device_gone(&b->dev))
             return -PV_ENODEV;
-        uint64_t now = lguest_clock_ns();
-        if (now >= deadline)
+        if (!lguest_wait_slice(deadline)) {
+            /* A late reply must not land in the caller's buffer. */
+            lguest_dma_fill(&b->reply, 0, 0);
             return -PV_ETIMEDOUT;
-        pv_wait(deadline - now < LGUEST_POLL_NS ? deadline - now : LGUEST_POLL_NS);
+        }
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    /* The launcher marked the reply busy (GETDMA) and filled it: free it. */
+    /* The launcher filled the reply (used_len != 0): free it. */
     lguest_dma_recycle(&b->reply);
     return result == LGUEST_BLOCK_DONE ? 0 : -PV_EIO;
 }

@@ -54,7 +54,7 @@ long lguest_console_write(struct lguest_console *c, const void *buf, size_t len)
 
 long lguest_console_read(struct lguest_console *c, void *buf, size_t max, uint64_t timeout_ns)
 {
-    uint64_t deadline = timeout_ns ? lguest_clock_ns() + timeout_ns : 0;
+    uint64_t deadline = lguest_deadline(timeout_ns);
     if (max == 0)
         return 0;
     for (;;) {

@@ -143,6 +143,8 @@ int lguest_net_send(struct lguest_netdev *n, const void *frame, size_t len)
         return -PV_ENODEV;
     if (!n->open || len < LGUEST_ETH_HLEN)
         return -PV_EINVAL;
+    if (len > LGUEST_NET_MAX_FRAME)
+        return -PV_E2BIG;               /* no peer could take it (the VMM drops it) */
     int err = lguest_dma_fill(&n->tx, frame, len);
     if (err)
         return err;
@@ -208,7 +210,7 @@ static long take(struct lguest_netdev *n, void *buf, size_t max)
 
 long lguest_net_recv(struct lguest_netdev *n, void *buf, size_t max, uint64_t timeout_ns)
 {
-    uint64_t deadline = timeout_ns ? lguest_clock_ns() + timeout_ns : 0;
+    uint64_t deadline = lguest_deadline(timeout_ns);
     for (;;) {
         if (lguest_device_gone(&n->dev))
             return -PV_ENODEV;

@@ -128,7 +128,7 @@ static void format(struct out *o, const char *fmt, va_list ap)
             if (*fmt == 'p') prefix = "0x";
             else if (alt && u0 && *fmt == 'x') prefix = "0x";
             else if (alt && u0 && *fmt == 'X') prefix = "0X";
-            else if (alt && *fmt == 'o' && *p != '0') prefix = "0";
+            else if (alt && *fmt == 'o' && (p == end || *p != '0')) prefix = "0";
             put_field(o, p, (int)(end - p), prec, width, left, zero, prefix);
             break;
         }

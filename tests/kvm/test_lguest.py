@@ -154,7 +154,7 @@ def test_net_broadcast_reaches_everyone_and_lans_are_isolated(tmp_path, guests):
 
 def test_net_oversize_frames_are_dropped(tmp_path, guests):
     out = run(manifest(tmp_path, guests, lan(("b", ["netbig"]), ("r", ["netrecv", "2", "1500"]))))
-    assert "netbig delivered=0,1" in ok(out, "b")
+    assert "netbig driver=-7 raw=0 delivered=1" in ok(out, "b")   # -E2BIG; dropped
     got, nbytes, _bad = counts(ok(out, "r"))
     assert (got, nbytes) == (1, 1514)
 
@@ -221,3 +221,14 @@ def test_console_input_from_stdin_through_the_cli(tmp_path, guests):
                        input="typed\nquit\n", capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "c| got: typed" in p.stdout and "c| got: quit" in p.stdout
+
+
+def test_a_domain_without_devices_finds_none_and_goes_on(tmp_path, guests):
+    """lguest_present() reads the boot info: no descriptor page is touched."""
+    m = manifest(tmp_path, guests, [("bare", ["console"], []),
+                                    ("dev", ["bind"], [{"type": "console"}])])
+    out = run(m)
+    r, text = out["bare"]
+    assert r.how == "exited" and r.status == 1, (r, text)        # not crashed
+    assert "FAILED console probe: -19" in text
+    ok(out, "dev")

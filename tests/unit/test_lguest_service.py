@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from paravm.arch.x86 import layout as L
 from paravm.config import BlockSpec, ConsoleSpec, NetSpec
 from paravm.hypercall.table import HypercallTable
 from paravm.memory import MachineMemory
@@ -203,6 +204,7 @@ def test_the_lan_page_is_shared_at_different_gpas(machine):
     for name, dom in d.items():
         slot = svc.lans["lan0"].slots[name]
         assert dom.memory.read(keys[name] + 6 * slot, 6) == abi.net_mac(dom.domid)
+        assert dom.memory.read_u64(L.BOOT_INFO + L.BI_OFF_LGUEST_DESCS) == dom.ram.size
         desc = abi.DESC.unpack(dom.memory.read(dom.ram.size, 12))
         assert desc == (abi.T_NET, slot | abi.NET_F_NOCSUM, 0, 1, keys[name] >> 12)
     d["a"].memory.write(keys["a"] + 4000, b"seen by all")

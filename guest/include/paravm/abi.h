@@ -64,7 +64,8 @@ struct pv_boot_info {
     uint32_t argc;
     uint32_t args_len;      /* bytes of packed NUL-terminated args at args[] */
     char name[40];
-    uint8_t reserved[0x100 - 0x60];
+    uint64_t lguest_descs;  /* GPA of the lguest descriptor page; 0: no devices */
+    uint8_t reserved[0x100 - 0x68];
     char args[2048];
 };
 

@@ -196,8 +196,8 @@ int tegra_ivc_write_advance(struct tegra_ivc *ivc);
  * --- the Tegra hypervisor cookie API (tegra_hv_ivc_*) ----------------------
  * The seed's guest API (struct tegra_hv_ivc_cookie { irq, peer_vmid,
  * nframes, frame_size }, tegra_hv_ivc_reserve / unreserve / read / write /
- * ..., struct tegra_hv_ivc_ops { rx_rdy, tx_rdy }) goes here, built on the
- * calls above and the IVC info page (specs §A.1.3-A.1.5, A.2).
+ * ..., struct tegra_hv_ivc_ops { rx_rdy, tx_rdy }) is in paravm/tegra_hv.h,
+ * built on the calls above and the IVC info page (specs §A.1.3-A.1.5, A.2).
  */
 
 #endif

@@ -76,11 +76,12 @@ static inline void lguest_dma_recycle(struct lguest_dma *dma)
 }
 
 /* --- devices --------------------------------------------------------------- */
-/* Whether this domain has lguest devices (1) or not (0): a bind and an
- * unbind on a private key the first time (needs a free binding), then cached. */
+/* Whether this domain has lguest devices (1) or not (0): the boot info's
+ * lguest_descs, which the VMM sets for a domain with devices. */
 int lguest_present(void);
-/* The descriptor page: LGUEST_MAX_DEVICES entries at GPA ram_size.  Only a
- * domain with devices has it: reading it elsewhere stops the domain (check
+/* The descriptor page: LGUEST_MAX_DEVICES entries at GPA lguest_descs of the
+ * boot info (= ram_size: the page just above RAM).  Only a domain with
+ * devices has it: reading it elsewhere stops the domain (check
  * lguest_present() first; lguest_device_find and the probes do). */
 volatile struct lguest_device_desc *lguest_device_descs(void);
 /* Index of the nth (0, 1, ...) device of type (LGUEST_DEVICE_T_*), or
@@ -123,6 +124,9 @@ uint64_t lguest_clock_ns(void);
 /* Wait one slice (at most LGUEST_POLL_NS, never past *deadline*; 0 = none);
  * 0 once the deadline has passed, else 1. */
 int lguest_wait_slice(uint64_t deadline);
+/* The deadline timeout_ns from now for lguest_wait_slice: 0 (none) for a
+ * timeout of 0, and no wrap-around for a huge one. */
+uint64_t lguest_deadline(uint64_t timeout_ns);
 
 /* --- console (type 1) -------------------------------------------------------- */
 #define LGUEST_CONSOLE_IN_SIZE 256
@@ -211,7 +215,7 @@ void lguest_net_close(struct lguest_netdev *n);
  * slot i is promiscuous, or the destination is slot i's MAC.  Returns the
  * peers that took all of it (used_len == len); the others are remembered
  * (n->tx_missed) for lguest_net_resend.  -PV_EINVAL (short, not open),
- * -PV_E2BIG (over 16 sections), -PV_ENODEV. */
+ * -PV_E2BIG (over LGUEST_NET_MAX_FRAME bytes, or over 16 sections), -PV_ENODEV. */
 int lguest_net_send(struct lguest_netdev *n, const void *frame, size_t len);
 /* The last frame again, only to the peers that missed it and still use
  * their slot (the frame's memory must be unchanged).  Returns the peers that

@@ -76,6 +76,7 @@ BI_OFF_ARGC = 0x30
 BI_OFF_ARGS_LEN = 0x34
 BI_OFF_NAME = 0x38
 BI_NAME_LEN = 40
+BI_OFF_LGUEST_DESCS = 0x60   # GPA of the lguest descriptor page, 0: no devices
 BI_OFF_ARGS = 0x100
 BI_ARGS_MAX = 2048
 

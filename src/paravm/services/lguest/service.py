@@ -231,6 +231,8 @@ class LguestService:
                    lambda v, key, dmas, num, irq, *a: self.bind_dma(g, key, dmas, num, irq))
         t.register(abi.HC_SEND_DMA, "lguest_send_dma",
                    lambda v, key, dma, *a: self.send_dma(g, key, dma))
+        # Tell the guest where its devices are (0, the default, says none).
+        domain.memory.write_u64(L.BOOT_INFO + L.BI_OFF_LGUEST_DESCS, g.desc_gpa)
         g.launcher.initialize()
         return g.launcher
 
