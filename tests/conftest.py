@@ -47,11 +47,9 @@ def kvm_unavailable_reason(path: str = "/dev/kvm") -> str | None:
     except OSError as e:
         return f"{path}: cannot open: {e.strerror}"
     os.close(fd)
-    try:
-        from paravm.kvm import KvmUnavailable
-        from paravm.vm.kvm_backend import open_kvm
-    except ImportError as e:  # pragma: no cover - a broken tree
-        return f"paravm.vm.kvm_backend cannot be imported: {e}"
+    # A broken tree must fail, not skip: no guard around these imports.
+    from paravm.kvm import KvmUnavailable
+    from paravm.vm.kvm_backend import open_kvm
     try:
         kvm = open_kvm(path)
     except KvmUnavailable as e:

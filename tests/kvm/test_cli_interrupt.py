@@ -3,7 +3,7 @@
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,16 +22,19 @@ def test_sigint_stops_all_domains_with_130(guests, tmp_path, mode):
                  f'vcpus = 2\nargs = ["forever"]\n')
     p = subprocess.Popen([sys.executable, "-m", "paravm", "run", str(m)], cwd=REPO,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A silent, hung process must fail the test, not block readline: kill it.
+    watchdog = threading.Timer(30, p.kill)
+    watchdog.start()
     try:
         seen = set()
-        end = time.monotonic() + 10
         while len(seen) < 2:   # both guests have printed: they are running
             line = p.stdout.readline()
-            assert line and time.monotonic() < end, "guests did not start"
+            assert line, "guests did not start"
             seen.add(line.split("|")[0])
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=10)
     finally:
+        watchdog.cancel()
         if p.poll() is None:
             p.kill()
             p.wait()

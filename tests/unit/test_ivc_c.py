@@ -829,10 +829,7 @@ def test_two_endpoints_on_two_threads(lib, args):
 
 @pytest.fixture(scope="module")
 def protocol():
-    try:
-        from paravm.services.ivc import protocol
-    except ImportError as e:
-        pytest.skip(f"paravm.services.ivc.protocol cannot be imported: {e}")
+    from paravm.services.ivc import protocol
     return protocol
 
 

@@ -708,7 +708,6 @@ def test_counters_wrap_at_2_to_the_32(nframes):
         laps += 1
     assert full_laps == 40 // nframes and laps == -(-40 // nframes)
     end = (start + 40) & M32
-    assert end == 0x18
     assert (get32(p.ab, W_COUNT), get32(p.ab, R_COUNT)) == (end, end)
     assert (get32(p.ba, W_COUNT), get32(p.ba, R_COUNT)) == ((start + laps) & M32,) * 2
     # A rings once a lap (empty -> 1); B once a lap for its own frame, and once

@@ -180,5 +180,8 @@ def test_a_stopped_domain_resets_its_ends_unless_it_exited(machine, how, reset):
         assert state == 0
         with pytest.raises(BlockingIOError):
             os.eventfd_read(host_fd)
-    svc.domain_stopped(dom)                                 # a second call does nothing
+    svc.domain_stopped(dom)                                 # a second call does nothing:
+    with pytest.raises(BlockingIOError):
+        os.eventfd_read(host_fd)                            # no second ring
+    assert struct.unpack_from("<I", tx, 4)[0] == state
     svc.close()

@@ -126,7 +126,9 @@ BUF = 0x200000          # scratch area in guest RAM (above the reserved 1 MiB)
 # --- layout ----------------------------------------------------------------------------
 def test_layouts_are_the_lp64_reference_ones():
     assert abi.DMA_SIZE == 168 and abi.DESC_SIZE == 12 and abi.BLOCK_SIZE == 32
-    assert struct.calcsize("<I") + 4 + 16 * 8 == 136                 # len[] at 136
+    raw = abi.DMA.pack(7, 0, *range(1, 17), *range(101, 117))
+    assert struct.unpack_from("<I", raw, 0)[0] == 7
+    assert struct.unpack_from("<Q", raw, 8)[0] == 1 and struct.unpack_from("<H", raw, 136)[0] == 101
     assert abi.net_mac(0x1234) == bytes((2, 0, 0x34, 0x12, 0, 0))
     assert abi.NET_SLOTS == 682
 

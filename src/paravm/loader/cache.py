@@ -1,6 +1,6 @@
 """An on-disk cache of checked ELF facts, keyed by the image file's SHA-256.
 
-Importing pyelftools and parsing an image costs ~39 ms here (bench/startup,
+Importing pyelftools and parsing an image costs ~39-56 ms here (bench/startup,
 cache on vs off), a third of
 ``paravm run``'s start-up, for facts that only change when the file does.
 The cache keeps :class:`~.elf.ElfInfo` (entry point, loadable segments, the

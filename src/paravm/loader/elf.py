@@ -70,7 +70,7 @@ def read_image(path: str | os.PathLike, ram_size: int, nr_vcpus: int) -> Image:
     *nr_vcpus* vCPUs (their stacks sit at the top of RAM).
 
     The ELF-level facts (:class:`ElfInfo`) are cached on disk by the file's
-    SHA-256 (see :mod:`.cache`): pyelftools' import and parse cost ~39 ms of a
+    SHA-256 (see :mod:`.cache`): pyelftools' import and parse cost ~39-56 ms of a
     ~110 ms start-up without the cache here, and an image rarely changes."""
     path = os.fspath(path)
     try:

@@ -4,7 +4,7 @@ Why it is built this way:
 
 * ``KVM_RUN`` releases the GIL, so each vCPU gets a thread that spends its life
   in that ioctl; Python runs only on exits.  Exits are the expensive part of
-  this machine (~29 us each from ring 3), so the loop keeps the common exit,
+  this machine (35-55 us per round trip from ring 3: bench/exit_roundtrip), so the loop keeps the common exit,
   a register-form hypercall, on a short path: read the number and arguments
   from the synced registers, call the handler, write rax, re-enter.  No object
   is created per exit beyond Python's ints.
