@@ -86,6 +86,15 @@ class Guests:
     triple: Path    # raw ELF without the SDK: ud2 triple-faults
 
 
+@pytest.fixture
+def machine():
+    """A MachineMemory, closed after the test."""
+    from paravm.memory import MachineMemory
+    m = MachineMemory()
+    yield m
+    m.close()
+
+
 @pytest.fixture(scope="session")
 def guests() -> Guests:
     """The test guests, built once per session (after the guest SDK)."""

@@ -15,7 +15,7 @@ from paravm.arch.x86 import layout as L
 from paravm.hypercall import abi as hc
 from paravm.hypercall.table import HypercallError
 from paravm.loader import Image, Segment
-from paravm.memory import GuestMemoryError, MachineMemory
+from paravm.memory import GuestMemoryError
 from paravm.vm.backend import (EXIT_HYPERCALL, EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_INTR,
                                EXIT_IO_IN, EXIT_IO_OUT, EXIT_MMIO_READ, EXIT_MMIO_WRITE,
                                EXIT_SHUTDOWN, EXIT_SYSTEM_EVENT, EXIT_UNKNOWN, R8, R9, R10,
@@ -187,13 +187,6 @@ class Recorder:
 
 
 # --- fixtures ---------------------------------------------------------------------------
-
-@pytest.fixture
-def machine():
-    m = MachineMemory()
-    yield m
-    m.close()
-
 
 @pytest.fixture
 def make_domain(machine):

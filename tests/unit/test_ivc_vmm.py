@@ -8,7 +8,6 @@ import pytest
 
 from paravm.config import IvcMempoolSpec, IvcSpec
 from paravm.hypercall.table import HypercallError
-from paravm.memory import MachineMemory
 from paravm.services.ivc import vmm
 from paravm.services.ivc.vmm import IVC_AREA_GPA, IVC_INFO_GPA, IvcService
 
@@ -17,13 +16,6 @@ DOMIDS = {"a": 1, "b": 2, "c": 3}
 
 def spec(qid, a, b, nframes=4, frame_size=64):
     return IvcSpec(id=qid, peers=(a, b), nframes=nframes, frame_size=frame_size)
-
-
-@pytest.fixture
-def machine():
-    m = MachineMemory()
-    yield m
-    m.close()
 
 
 def test_queues_of_a_pair_share_one_area_rx_first_by_peers0(machine):

@@ -18,7 +18,6 @@ import pytest
 from paravm.arch.x86 import layout as L
 from paravm.config import BlockSpec, ConsoleSpec, NetSpec
 from paravm.hypercall.table import HypercallTable
-from paravm.memory import MachineMemory
 from paravm.memory.guest import GuestMemory, Region
 from paravm.services.lguest import abi
 from paravm.services.lguest.pcap import read_pcap
@@ -91,13 +90,6 @@ class FakeDomain:
 def spec(name, domid, mib, devices=()):
     return SimpleNamespace(name=name, domid=domid, memory_bytes=mib * MiB,
                            devices=tuple(devices))
-
-
-@pytest.fixture
-def machine():
-    m = MachineMemory()
-    yield m
-    m.close()
 
 
 def world(machine, specs):

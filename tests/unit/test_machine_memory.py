@@ -8,13 +8,6 @@ from hypothesis import given, settings, strategies as st
 from paravm.memory import PAGE_SIZE, MachineMemory
 
 
-@pytest.fixture
-def machine():
-    m = MachineMemory()
-    yield m
-    m.close()
-
-
 def test_mfn_zero_is_never_handed_out_and_ranges_do_not_overlap(machine):
     a = machine.alloc(3, "a")
     b = machine.alloc(1, "b")
