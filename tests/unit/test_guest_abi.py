@@ -60,18 +60,26 @@ class BootInfo(ctypes.Structure):
                 ("heap_end", ctypes.c_uint64), ("tsc_khz", ctypes.c_uint64),
                 ("argc", ctypes.c_uint32), ("args_len", ctypes.c_uint32),
                 ("name", ctypes.c_char * 40), ("lguest_descs", ctypes.c_uint64),
-                ("reserved", ctypes.c_uint8 * (0x100 - 0x68)),
+                ("xen_shared_info", ctypes.c_uint64), ("grant_window", ctypes.c_uint64),
+                ("grant_window_ro", ctypes.c_uint64), ("grant_window_pages", ctypes.c_uint32),
+                ("evtchn_vector", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint8 * (0x100 - 0x88)),
                 ("args", ctypes.c_char * 2048)]
 
 
 def test_boot_info_offsets_match_the_c_struct():
-    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0x68];" in HEADER
+    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0x88];" in HEADER
     for field, off in [("magic", L.BI_OFF_MAGIC), ("version", L.BI_OFF_VERSION),
                        ("domid", L.BI_OFF_DOMID), ("nr_vcpus", L.BI_OFF_NR_VCPUS),
                        ("ram_size", L.BI_OFF_RAM_SIZE), ("heap_start", L.BI_OFF_HEAP_START),
                        ("heap_end", L.BI_OFF_HEAP_END), ("tsc_khz", L.BI_OFF_TSC_KHZ),
                        ("argc", L.BI_OFF_ARGC), ("args_len", L.BI_OFF_ARGS_LEN),
                        ("name", L.BI_OFF_NAME), ("lguest_descs", L.BI_OFF_LGUEST_DESCS),
+                       ("xen_shared_info", L.BI_OFF_XEN_SHARED_INFO),
+                       ("grant_window", L.BI_OFF_GRANT_WINDOW),
+                       ("grant_window_ro", L.BI_OFF_GRANT_WINDOW_RO),
+                       ("grant_window_pages", L.BI_OFF_GRANT_WINDOW_PAGES),
+                       ("evtchn_vector", L.BI_OFF_EVTCHN_VECTOR),
                        ("args", L.BI_OFF_ARGS)]:
         assert getattr(BootInfo, field).offset == off, field
     assert BootInfo.args.size == L.BI_ARGS_MAX

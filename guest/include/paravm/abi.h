@@ -65,7 +65,12 @@ struct pv_boot_info {
     uint32_t args_len;      /* bytes of packed NUL-terminated args at args[] */
     char name[40];
     uint64_t lguest_descs;  /* GPA of the lguest descriptor page; 0: no devices */
-    uint8_t reserved[0x100 - 0x68];
+    uint64_t xen_shared_info;    /* GPA of the Xen shared_info page; 0: no Xen services */
+    uint64_t grant_window;       /* GPA of the read-write grant window */
+    uint64_t grant_window_ro;    /* GPA of the read-only grant window */
+    uint32_t grant_window_pages; /* pages in each window */
+    uint32_t evtchn_vector;      /* the event channel upcall vector */
+    uint8_t reserved[0x100 - 0x88];
     char args[2048];
 };
 

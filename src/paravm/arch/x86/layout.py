@@ -20,6 +20,11 @@ numbers; ``tests/unit/test_guest_abi.py`` checks that both agree).
     0x100000  RESERVED_END: guest images load from here
     ...       image, then heap
     RAM end - (i+1)*STACK_SIZE .. RAM end - i*STACK_SIZE: vCPU i's ring-3 stack
+    0xC0000000 IVC info page, then IVC shared areas (services/ivc)
+    0xF0000000 Xen shared_info page (services/evtchn)
+    0xF0010000 grant table frames, up to 256 (services/grant)
+    0xF1000000 read-write grant window, up to 16 MiB (services/grant)
+    0xF2000000 read-only grant window (KVM_MEM_READONLY), up to 16 MiB
     0xFEE00000 local APIC (in-kernel; no memslot)
 """
 
@@ -46,6 +51,15 @@ STACK_SIZE = 128 * 1024   # ring-3 stack per vCPU, bytes
 IDENTITY_MAP_END = 4 << 30
 LAPIC_BASE = 0xFEE00000
 KVM_TSS_ADDR = 0xFFFBD000  # 3 pages KVM needs for real-mode emulation (never used)
+
+# Xen services (specs/grant-mpt.md part D)
+XEN_SHARED_INFO_GPA = 0xF0000000
+GRANT_TABLE_GPA = 0xF0010000
+GRANT_TABLE_MAX_FRAMES = 256
+GRANT_WINDOW_GPA = 0xF1000000
+GRANT_WINDOW_RO_GPA = 0xF2000000
+GRANT_WINDOW_MAX_PAGES = 4096
+VEC_EVTCHN = 0xE0        # event channel upcall (lguest has 0xC0..0xDF, IVC 0x40..0xBF)
 
 # GDT selectors
 SEL_KERNEL_CS = 0x08
@@ -77,6 +91,11 @@ BI_OFF_ARGS_LEN = 0x34
 BI_OFF_NAME = 0x38
 BI_NAME_LEN = 40
 BI_OFF_LGUEST_DESCS = 0x60   # GPA of the lguest descriptor page, 0: no devices
+BI_OFF_XEN_SHARED_INFO = 0x68  # GPA of the Xen shared_info page, 0: no Xen services
+BI_OFF_GRANT_WINDOW = 0x70     # GPA of the read-write grant window
+BI_OFF_GRANT_WINDOW_RO = 0x78  # GPA of the read-only grant window
+BI_OFF_GRANT_WINDOW_PAGES = 0x80   # u32: pages in each window
+BI_OFF_EVTCHN_VECTOR = 0x84    # u32: the event channel upcall vector
 BI_OFF_ARGS = 0x100
 BI_ARGS_MAX = 2048
 
