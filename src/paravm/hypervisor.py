@@ -58,6 +58,9 @@ class Hypervisor:
         self._loop = None
         self.ivc = None          # paravm.services.ivc.vmm.IvcService, with IVC queues
         self.lguest = None       # paravm.services.lguest.service.LguestService, with devices
+        self.grant = None        # paravm.services.grant.service.GrantService, with [domain.xen]
+        self.evtchn = None       # paravm.services.evtchn.service.EvtchnService, with [domain.xen]
+        self._base_regions: dict[str, tuple] = {}   # a manifest domain's IVC and lguest regions
 
     @property
     def loop(self):
@@ -166,21 +169,38 @@ class Hypervisor:
             from .services.lguest.service import LguestService
             self.lguest = LguestService(self.machine, manifest.domains,
                                         loop_factory=lambda: self.loop)
+        if any(spec.xen is not None for spec in manifest.domains):
+            from .services.evtchn.service import EvtchnService
+            from .services.grant.service import GrantService
+            self.evtchn = EvtchnService(self.machine, manifest.domains)
+            self.grant = GrantService(self.machine, manifest.domains, evtchn=self.evtchn)
         made = []
         for spec in manifest.domains:
             regions = self.ivc.regions(spec.name) if self.ivc else ()
             if self.lguest:
                 regions += self.lguest.regions(spec.name)
-            dom = self.create_from_spec(spec, regions)
+            self._base_regions[spec.name] = regions
+            dom = self.create_from_spec(spec, regions + self._instance_regions(spec.name))
             self._attach_services(dom)
             made.append(dom)
         return made
 
+    def _instance_regions(self, name: str) -> tuple:
+        """Regions made anew for each instance of a domain (its grant table,
+        grant windows and shared_info page: a restarted domain must not see
+        the state of the one before)."""
+        regions = ()
+        for svc in (self.evtchn, self.grant):
+            if svc is not None:
+                regions += svc.regions(name)
+        return regions
+
+    def _services(self) -> tuple:
+        return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant) if s is not None)
+
     def _attach_services(self, dom: Domain) -> None:
-        if self.ivc:
-            self.ivc.attach(dom)
-        if self.lguest:
-            self.lguest.attach(dom)
+        for svc in self._services():
+            svc.attach(dom)
 
     def create_from_spec(self, spec, regions: tuple = ()) -> Domain:
         """From a :class:`paravm.config.DomainSpec` (*regions* as :meth:`create_domain`)."""
@@ -208,6 +228,8 @@ class Hypervisor:
         if args is not None:
             params["args"] = tuple(args)
         self.destroy(name)
+        if name in self._base_regions:
+            params["regions"] = self._base_regions[name] + self._instance_regions(name)
         dom = self.create_domain(name, **params)
         self._attach_services(dom)
         if start:
@@ -215,7 +237,9 @@ class Hypervisor:
         return dom
 
     def _domain_stopped(self, domain: Domain) -> None:
-        for svc in (self.ivc, self.lguest):
+        # Grants first: a dying domain's mappings go before its event
+        # channels close (an unmap notification may still be sent).
+        for svc in (self.grant, self.ivc, self.lguest, self.evtchn):
             if svc is None:
                 continue
             try:
@@ -265,10 +289,9 @@ class Hypervisor:
                 errors.append(str(e))
         if self._loop is not None:
             self._loop.close()
-        if self.ivc is not None:
-            self.ivc.close()
-        if self.lguest is not None:
-            self.lguest.close()
+        for svc in (self.ivc, self.lguest, self.grant, self.evtchn):
+            if svc is not None:
+                svc.close()
         self.machine.close()
         self.kvm.close()
         if errors:

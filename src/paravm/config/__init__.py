@@ -14,6 +14,7 @@ from paravm.config.manifest import (
     Manifest,
     ManifestError,
     NetSpec,
+    XenSpec,
     load_manifest,
     parse_manifest,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "NetSpec",
+    "XenSpec",
     "load_manifest",
     "parse_manifest",
 ]

@@ -38,6 +38,7 @@ __all__ = [
     "IvcSpec",
     "Manifest",
     "NetSpec",
+    "XenSpec",
     "ManifestError",
     "load_manifest",
     "parse_manifest",
@@ -119,6 +120,8 @@ class DomainSpec(msgspec.Struct, frozen=True):
         args: the guest's arguments; packed size (utf-8 + NUL each) <= `ARGS_MAX_BYTES`.
         devices: the lguest devices of ``[[domain.device]]``, in order (device *i* has
             lguest irq *i* + 1); at most 16, at most one console.
+        xen: the Xen services (grant table, grant windows, event channels) of a
+            ``[domain.xen]`` table, or ``None`` when the domain has none.
     """
 
     name: str
@@ -128,11 +131,32 @@ class DomainSpec(msgspec.Struct, frozen=True):
     vcpus: int
     args: tuple[str, ...]
     devices: tuple[ConsoleSpec | BlockSpec | NetSpec, ...] = ()
+    xen: "XenSpec | None" = None
 
     @property
     def memory_bytes(self) -> int:
         """Guest RAM in bytes (``memory_mib * 2**20``)."""
         return self.memory_mib * _MiB
+
+
+class XenSpec(msgspec.Struct, frozen=True):
+    """A ``[domain.xen]`` table, checked: the domain gets a Xen grant table, grant
+    windows and event channels (docs/grant.md, docs/evtchn.md).  Defaults are Xen's.
+
+    Attributes:
+        max_grant_frames: grant table pages, 1..256 (Xen's ``gnttab_max_frames``, 64:
+            32768 refs).
+        max_maptrack_frames: 1..1024; the domain may hold ``256 *`` this many mappings
+            of others' grants at once (Xen's ``gnttab_max_maptrack_frames``, 1024).
+        grant_window_pages: pages of each grant window (read-write and read-only),
+            1..4096 (paravm's; 4096 = 16 MiB).
+        max_evtchn_ports: event channel ports, 1..4096 (the 2-level ABI's 4096).
+    """
+
+    max_grant_frames: int = 64
+    max_maptrack_frames: int = 1024
+    grant_window_pages: int = 4096
+    max_evtchn_ports: int = 4096
 
 
 class IvcSpec(msgspec.Struct, frozen=True):
@@ -258,6 +282,14 @@ class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
     vcpus: Annotated[int, msgspec.Meta(ge=VCPUS_MIN, le=VCPUS_MAX)] = VCPUS_DEFAULT
     args: tuple[str, ...] = ()
     device: tuple[_RawConsole | _RawBlock | _RawNet, ...] = ()
+    xen: "_RawXen | None" = None
+
+
+class _RawXen(msgspec.Struct, forbid_unknown_fields=True):
+    max_grant_frames: Annotated[int, msgspec.Meta(ge=1, le=256)] = 64
+    max_maptrack_frames: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 1024
+    grant_window_pages: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 4096
+    max_evtchn_ports: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 4096
 
 
 class _RawIvc(msgspec.Struct, forbid_unknown_fields=True):
@@ -333,6 +365,7 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
                 vcpus=raw.vcpus,
                 args=_guest_args(raw.args, f"{key}.args", ctx),
                 devices=_devices(raw, key, ctx),
+                xen=None if raw.xen is None else XenSpec(**msgspec.structs.asdict(raw.xen)),
             )
         )
     return tuple(specs)
