@@ -60,6 +60,7 @@ class Hypervisor:
         self.lguest = None       # paravm.services.lguest.service.LguestService, with devices
         self.grant = None        # paravm.services.grant.service.GrantService, with [domain.xen]
         self.evtchn = None       # paravm.services.evtchn.service.EvtchnService, with [domain.xen]
+        self.xenstore = None     # paravm.services.xenstore.XenStore, with [domain.xen]
         self._base_regions: dict[str, tuple] = {}   # a manifest domain's IVC and lguest regions
 
     @property
@@ -173,7 +174,9 @@ class Hypervisor:
             from .services.evtchn.service import EvtchnService
             from .services.grant.service import GrantService
             self.evtchn = EvtchnService(self.machine, manifest.domains)
+            from .services.xenstore import XenStore
             self.grant = GrantService(self.machine, manifest.domains, evtchn=self.evtchn)
+            self.xenstore = XenStore(manifest.domains)
         made = []
         for spec in manifest.domains:
             regions = self.ivc.regions(spec.name) if self.ivc else ()
@@ -196,7 +199,8 @@ class Hypervisor:
         return regions
 
     def _services(self) -> tuple:
-        return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant) if s is not None)
+        return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant, self.xenstore)
+                     if s is not None)
 
     def _attach_services(self, dom: Domain) -> None:
         for svc in self._services():
@@ -239,7 +243,7 @@ class Hypervisor:
     def _domain_stopped(self, domain: Domain) -> None:
         # Grants first: a dying domain's mappings go before its event
         # channels close (an unmap notification may still be sent).
-        for svc in (self.grant, self.ivc, self.lguest, self.evtchn):
+        for svc in (self.grant, self.ivc, self.lguest, self.evtchn, self.xenstore):
             if svc is None:
                 continue
             try:
@@ -289,7 +293,7 @@ class Hypervisor:
                 errors.append(str(e))
         if self._loop is not None:
             self._loop.close()
-        for svc in (self.ivc, self.lguest, self.grant, self.evtchn):
+        for svc in (self.ivc, self.lguest, self.grant, self.evtchn, self.xenstore):
             if svc is not None:
                 svc.close()
         self.machine.close()

@@ -70,8 +70,9 @@ BIND_VCPU = struct.Struct("<II")
 #     union { struct { domid_t dom; } unbound;                       @16
 #             struct { domid_t dom; evtchn_port_t port; } interdomain; @16, @20
 #             uint32_t pirq; uint32_t virq; } u (OUT); }                 24 bytes
-STATUS = struct.Struct("<H2xIII")          # the IN part and status, vcpu
+STATUS = struct.Struct("<H2xI")            # the IN part: dom, port
 STATUS_SIZE = 24
+STATUS_OUT = struct.Struct("<II")          # status, vcpu
 STATUS_STATUS = 8
 STATUS_U = 16
 STATUS_U_DOM = struct.Struct("<H")         # u.unbound.dom / u.interdomain.dom @16
@@ -113,9 +114,8 @@ def vcpu_info(vcpu: int) -> int:
 
 
 # --- /dev/xen/evtchn ioctls (Linux include/uapi/xen/evtchn.h; specs §D1.5) -------------
-# Only recorded for reference: the host API (EvtchnHandle) is a Python object, not a
-# character device.
-IOCTL_EVTCHN_BIND_VIRQ = 0x00044500
+# Recorded for reference: the host API (EvtchnHandle) is a Python object, not a
+# character device; its calls are named after these.
 IOCTL_EVTCHN_BIND_INTERDOMAIN = 0x00084501
 IOCTL_EVTCHN_BIND_UNBOUND_PORT = 0x00044502
 IOCTL_EVTCHN_UNBIND = 0x00044503
