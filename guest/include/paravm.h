@@ -132,6 +132,12 @@ int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int puts(const char *s);
 
+/* --- pages -------------------------------------------------------------- */
+/* n zeroed, page-aligned pages of RAM from the heap (boot info heap_start ..
+ * heap_end), never given back: for grant-shared buffers, rings and the like.
+ * NULL when the heap is exhausted.  Safe from any vCPU. */
+void *pv_page_alloc(size_t n);
+
 int main(int argc, char **argv);
 
 #endif

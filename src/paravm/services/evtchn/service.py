@@ -109,7 +109,8 @@ class EvtchnService:
     :meth:`regions` of each guest; :meth:`attach` it; :meth:`domain_stopped`
     once it stops; :meth:`open` gives a host :class:`EvtchnHandle`;
     :meth:`close` at the end.  ``ValueError`` for a ``max_evtchn_ports``
-    outside 2..4096 (the 2-level ABI of a 64-bit guest has 4096 ports)."""
+    outside 1..4096 (the 2-level ABI of a 64-bit guest has 4096 ports, port 0
+    among them: a table of N ports hands out 1..N-1)."""
 
     def __init__(self, machine, specs) -> None:
         self.machine = machine
@@ -123,9 +124,9 @@ class EvtchnService:
             if xen is None:
                 continue
             n = int(getattr(xen, "max_evtchn_ports", abi.NR_EVENT_CHANNELS))
-            if not 2 <= n <= abi.NR_EVENT_CHANNELS:
+            if not 1 <= n <= abi.NR_EVENT_CHANNELS:
                 raise ValueError(f"{spec.name}: max_evtchn_ports {n} outside "
-                                 f"2..{abi.NR_EVENT_CHANNELS} (2-level event channels)")
+                                 f"1..{abi.NR_EVENT_CHANNELS} (2-level event channels)")
             if spec.domid in self._tables:
                 raise ValueError(f"{spec.name}: domid {spec.domid} given twice")
             t = _Table(spec.domid, spec.name, n)
@@ -276,7 +277,7 @@ class EvtchnService:
         if cmd == abi.EVTCHNOP_send:
             return self._send(t, abi.PORT_ARG.unpack(raw)[0]), False
         if cmd == abi.EVTCHNOP_alloc_unbound:
-            dom, remote = abi.ALLOC_UNBOUND.unpack_from(raw)
+            dom, remote, _ = abi.ALLOC_UNBOUND.unpack(raw)
             port = self._alloc_unbound(t, dom, remote)
             if port < 0:
                 return port, False
@@ -630,7 +631,9 @@ class EvtchnHandle:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return None
-            select.select([self._efd], [], [], left)
+            poller = select.poll()          # not select(): fds above 1023 work
+            poller.register(self._efd, select.POLLIN)
+            poller.poll(None if left is None else max(1, int(left * 1000)))
 
     def unmask(self, port: int) -> None:
         """Let *port* be delivered again (``xenevtchn_unmask``; a write of the
