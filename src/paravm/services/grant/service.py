@@ -17,11 +17,16 @@ Per guest with ``[domain.xen]`` (layout in :mod:`paravm.arch.x86.layout`):
   (:mod:`paravm.memory.remap`), unmapping puts the window's own page back.
 * **Hypercall** ``grant_table_op(cmd, uop, count)`` = 20, Xen's
   ``__HYPERVISOR_grant_table_op`` number.  The VMM copies the ``count``
-  ops once, runs them in order and writes their OUT fields back; the call
-  returns 0 with a status per op, ``-EFAULT`` if the array is not guest
-  memory, ``-EINVAL`` for stray high bits in *cmd* or a negative count, and
+  ops once, runs them in order and writes the array back (OUT fields
+  filled in); the call returns 0 with a status per op, ``-EFAULT`` if the
+  array is not writable guest memory (checked before any op runs),
+  ``-EINVAL`` for bits of *cmd* above Xen's 12-bit command field (Xen keeps
+  its continuation argument there) or a negative count (bit 31; more than
+  2^20 ops, too: Xen would preempt and continue, paravm refuses), and
   ``-ENOSYS`` for the ops not modelled (v2, transfer, dump, swap,
-  cache_flush: docs/grant.md).
+  cache_flush: docs/grant.md).  setup_table and query_size need count 1
+  (``-EINVAL``); set_version and get_version read one struct whatever the
+  count, as Xen's ``do_grant_table_op``.
 
 The host is domain 0.  Its grant table lives in VMM memory (no guest maps
 it); its "frames" are MFNs of pages it allocated to share
@@ -35,13 +40,16 @@ import threading
 
 from ...arch.x86 import layout as L
 from ...hypercall.table import HypercallError
-from ...memory import PAGE_SIZE, remap
+from ...memory import PAGE_SIZE, GuestMemoryError, remap
 from . import abi as A
 from .table import Frame, GrantError, Grants, GrantTable
 
 HC_GRANT_TABLE_OP = 20
-EFAULT, EINVAL, ENOSYS = 14, 22, 38
+EPERM, ESRCH, EFAULT, EINVAL, ENOSYS = 1, 3, 14, 22, 38
 MAX_OPS_PER_CALL = 1 << 20       # bounds the VMM's copy of the op array
+# Xen's GNTTABOP_CMD_MASK: the command is the low 12 bits of cmd, the bits
+# above carry a continuation's progress (xen/common/grant_table.c).
+CMD_MASK = (1 << 12) - 1
 
 
 class GrantWindow:
@@ -61,8 +69,13 @@ class GrantWindow:
         return off // PAGE_SIZE
 
     def place(self, index: int, frame: Frame) -> None:
-        remap.map_fixed(self.frames.hva + index * PAGE_SIZE, PAGE_SIZE, frame.fd,
-                        frame.offset, writable=not self.readonly)
+        """Show *frame* at page *index*; ``GrantError(general_error)`` if the
+        kernel refuses the remap (the window page is then unchanged)."""
+        try:
+            remap.map_fixed(self.frames.hva + index * PAGE_SIZE, PAGE_SIZE, frame.fd,
+                            frame.offset, writable=not self.readonly)
+        except OSError as e:
+            raise GrantError(A.GNTST_general_error, f"remap failed: {e}") from None
         self.used.add(index)
 
     def clear(self, index: int) -> None:
@@ -90,7 +103,10 @@ class GrantService:
         self.grants = Grants()
         self.specs = {s.name: s for s in specs if getattr(s, "xen", None) is not None}
         self.guests: dict[str, _GuestGrants] = {}
-        self._old: list = []               # ranges of destroyed instances, freed lazily
+        # Ranges of stopped instances, by guest name, freed when that guest
+        # gets its next instance (a restart destroys the old domain, and so
+        # its memslots, before it asks for regions) or at close.
+        self._old: dict[str, list] = {}
         self._host_pages: dict[int, object] = {}   # FrameRange.mfn -> FrameRange (dom0's)
         self._host_lock = threading.Lock()
         host_frames = machine.alloc(A.DEFAULT_MAX_GRANT_FRAMES, "dom0.grant-table")
@@ -106,7 +122,7 @@ class GrantService:
         spec = self.specs.get(name)
         if spec is None:
             return ()
-        self._free_old()
+        self._free_old(name)
         x = spec.xen
         frames = self.machine.alloc(x.max_grant_frames, f"{name}.grant-table")
         table = GrantTable(spec.domid, frames, lambda gfn: None,
@@ -147,16 +163,19 @@ class GrantService:
         if g is None or g.domain is not domain:
             return
         g.domain = None
-        g.table.on_buried = lambda t: self._old.append(t.frames)
+        name = g.name
+        # The table's pages outlive the domain while peers pin its entries
+        # (their unpins clear GTF bits there); they go after the last unpin.
+        g.table.on_buried = lambda t: self._old.setdefault(name, []).append(t.frames)
         self.grants.retire(g.table)     # its own mappings go: the windows empty
-        self._old += [g.rw.frames, g.ro.frames]
+        self._old.setdefault(name, []).extend((g.rw.frames, g.ro.frames))
 
-    def _free_old(self) -> None:
-        # Ranges of stopped instances; their domain was destroyed (a restart
-        # destroys before it asks for regions), so no memslot uses them.
-        old, self._old = self._old, []
-        for fr in old:
-            self.machine.free(fr)
+    def _free_old(self, name: str | None = None) -> None:
+        """Free the ranges of stopped instances of *name* (all: ``None``).
+        Only once their domain is destroyed: its memslots still name them."""
+        for key in [name] if name is not None else list(self._old):
+            for fr in self._old.pop(key, []):
+                self.machine.free(fr)
 
     def table_of(self, name: str) -> GrantTable:
         """The live grant table of guest *name* (``KeyError``)."""
@@ -164,7 +183,9 @@ class GrantService:
 
     # --- the hypercall ---------------------------------------------------------------------
     def _op(self, g: _GuestGrants, cmd: int, uop: int, count: int) -> int:
-        if cmd & ~A.GNTTABOP_CMD_MASK:
+        """GNTTABOP *cmd* on the *count* structs at GPA *uop*: 0 (statuses in
+        the structs) or raises :class:`HypercallError` (see the module doc)."""
+        if cmd & ~CMD_MASK:
             raise HypercallError(EINVAL, "stray bits in cmd")
         if count >= 1 << 31:
             raise HypercallError(EINVAL, "negative count")
@@ -172,24 +193,37 @@ class GrantService:
         if handler is None:
             raise HypercallError(ENOSYS, f"GNTTABOP {cmd} not modelled")
         fmt, fn = handler
-        if cmd in _SINGLE and count != 1:
+        if cmd in _COUNT_IGNORED:
+            count = 1
+        elif cmd in _SINGLE and count != 1:
             raise HypercallError(EINVAL, "count must be 1")
         if count > MAX_OPS_PER_CALL:
             raise HypercallError(EINVAL, "count too large")
-        mem = g.domain.memory
+        domain = g.domain
+        if domain is None:          # stopped while another vCPU was calling
+            raise HypercallError(ESRCH, "domain stopped")
+        mem = domain.memory
+        if not count:
+            return 0
+        region, _ = mem.check_range(uop, count * fmt.size)
+        if region.readonly:         # no op runs whose results could not be returned
+            raise HypercallError(EFAULT, "op array is read-only")
         raw = bytearray(mem.read(uop, count * fmt.size))
         for i in range(count):
             off = i * fmt.size
             fields = list(fmt.unpack_from(raw, off))
             fn(self, g, fields)
             fmt.pack_into(raw, off, *fields)
-        if count:
-            mem.write(uop, raw)
+        mem.write(uop, raw)
         return 0
 
     def _map(self, g: _GuestGrants, f: list) -> None:
+        """One map op.  On success: status okay, the handle, dev_bus_addr 0
+        (Xen gives the machine address; paravm shows no MFNs to guests).  On
+        failure only the status changes: handle and dev_bus_addr keep what
+        the guest wrote, as Xen's map_grant_ref (a zeroed handle would look
+        like a live handle 0)."""
         host_addr, flags, ref, dom = f[0], f[1], f[2], f[3]
-        f[5], f[6] = 0, 0
         window = g.ro if flags & A.GNTMAP_readonly else g.rw
 
         def place(frame: Frame, readonly: bool):
@@ -201,14 +235,18 @@ class GrantService:
 
         try:
             f[5], _m = self.grants.map(g.table, dom, ref, flags, host_addr, place)
-            f[4] = A.GNTST_okay
+            f[4], f[6] = A.GNTST_okay, 0
         except GrantError as e:
             f[4] = e.status
 
     def _unmap(self, g: _GuestGrants, f: list) -> None:
+        # As Xen's unmap_common: the host half goes only when host_addr is
+        # given, the device half only when dev_bus_addr is (an op with
+        # neither succeeds and leaves the handle as it was).
         host_addr, dev_bus_addr, handle = f[0], f[1], f[2]
         try:
-            self.grants.unmap(g.table, handle, host_addr=host_addr, dev_bus_addr=dev_bus_addr)
+            self.grants.unmap(g.table, handle, host_addr=host_addr, dev_bus_addr=dev_bus_addr,
+                              host=bool(host_addr), device=bool(dev_bus_addr))
             f[3] = A.GNTST_okay
         except GrantError as e:
             f[3] = e.status
@@ -221,6 +259,11 @@ class GrantService:
         self._unmap(g, f)
 
     def _setup_table(self, g: _GuestGrants, f: list) -> None:
+        """Grow the table to ``nr_frames`` (never shrinks) and list the GFNs
+        of its first ``nr_frames`` pages at ``frame_list`` (u64 each).  Another
+        domain's table: permission_denied; more than ``max_grant_frames``:
+        general_error; a frame_list that is not writable guest memory:
+        bad_virt_addr, and the table stays as it was."""
         dom, nr_frames, frame_list = f[0], f[1], f[3]
         t = g.table
         if dom not in (A.DOMID_SELF, t.domid):
@@ -229,12 +272,16 @@ class GrantService:
         if nr_frames > t.max_frames:
             f[2] = A.GNTST_general_error
             return
+        first = L.GRANT_TABLE_GPA // PAGE_SIZE
+        listing = b"".join((first + i).to_bytes(8, "little") for i in range(nr_frames))
+        try:
+            if nr_frames:
+                g.domain.memory.write(frame_list, listing)
+        except GuestMemoryError:
+            f[2] = A.GNTST_bad_virt_addr
+            return
         with self.grants.lock:
             t.nr_frames = max(t.nr_frames, nr_frames)
-        if nr_frames:
-            first = L.GRANT_TABLE_GPA // PAGE_SIZE
-            g.domain.memory.write(frame_list, b"".join(
-                (first + i).to_bytes(8, "little") for i in range(nr_frames)))
         f[2] = A.GNTST_okay
 
     def _query_size(self, g: _GuestGrants, f: list) -> None:
@@ -246,6 +293,12 @@ class GrantService:
 
     def _copy(self, g: _GuestGrants, f: list) -> None:
         s_u, s_dom, s_off, d_u, d_dom, d_off, length, flags = f[:8]
+        # Xen's gnttab_copy_lock_domain: a frame side must say DOMID_SELF (not
+        # even the caller's own domid); len 0 succeeds before any check.
+        if length and ((not flags & A.GNTCOPY_source_gref and s_dom != A.DOMID_SELF)
+                       or (not flags & A.GNTCOPY_dest_gref and d_dom != A.DOMID_SELF)):
+            f[8] = A.GNTST_permission_denied
+            return
         src = ("gref", s_dom, s_u & 0xFFFFFFFF, s_off) if flags & A.GNTCOPY_source_gref \
             else ("frame", s_dom, s_u, s_off)
         dst = ("gref", d_dom, d_u & 0xFFFFFFFF, d_off) if flags & A.GNTCOPY_dest_gref \
@@ -263,7 +316,7 @@ class GrantService:
 
     def _get_version(self, g: _GuestGrants, f: list) -> None:
         if f[0] not in (A.DOMID_SELF, g.table.domid):
-            raise HypercallError(1, "another domain's version")   # EPERM
+            raise HypercallError(EPERM, "another domain's version")
         f[2] = 1
 
     # --- the host (domain 0) as granter -------------------------------------------------------
@@ -326,8 +379,8 @@ class _DiscardWrites:
         pass
 
 
-_SINGLE = {A.GNTTABOP_setup_table, A.GNTTABOP_query_size, A.GNTTABOP_set_version,
-           A.GNTTABOP_get_version}
+_SINGLE = {A.GNTTABOP_setup_table, A.GNTTABOP_query_size}
+_COUNT_IGNORED = {A.GNTTABOP_set_version, A.GNTTABOP_get_version}
 _OPS = {
     A.GNTTABOP_map_grant_ref: (A.MAP_GRANT_REF, GrantService._map),
     A.GNTTABOP_unmap_grant_ref: (A.UNMAP_GRANT_REF, GrantService._unmap),
