@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import fcntl
 import mmap
 import os
 import threading
@@ -35,9 +36,12 @@ class FrameRange:
 
     def __init__(self, mfn: int, nframes: int, name: str) -> None:
         size = nframes * PAGE_SIZE
-        fd = os.memfd_create(f"paravm:{name}", os.MFD_CLOEXEC)
+        fd = os.memfd_create(f"paravm:{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
+            # udmabuf (a gntdev dma-buf export, where the kernel has it)
+            # takes only memfds that cannot shrink; nothing here shrinks one.
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
             mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError:
             os.close(fd)

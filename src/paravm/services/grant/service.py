@@ -293,12 +293,6 @@ class GrantService:
 
     def _copy(self, g: _GuestGrants, f: list) -> None:
         s_u, s_dom, s_off, d_u, d_dom, d_off, length, flags = f[:8]
-        # Xen's gnttab_copy_lock_domain: a frame side must say DOMID_SELF (not
-        # even the caller's own domid); len 0 succeeds before any check.
-        if length and ((not flags & A.GNTCOPY_source_gref and s_dom != A.DOMID_SELF)
-                       or (not flags & A.GNTCOPY_dest_gref and d_dom != A.DOMID_SELF)):
-            f[8] = A.GNTST_permission_denied
-            return
         src = ("gref", s_dom, s_u & 0xFFFFFFFF, s_off) if flags & A.GNTCOPY_source_gref \
             else ("frame", s_dom, s_u, s_off)
         dst = ("gref", d_dom, d_u & 0xFFFFFFFF, d_off) if flags & A.GNTCOPY_dest_gref \

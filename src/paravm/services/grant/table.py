@@ -28,9 +28,15 @@ Kernel and Xen facts this relies on (specs/grant-mpt.md §D2.2-D2.5):
 What a *frame* is depends on the granter: a guest's GFN names a page of its
 RAM (never the reserved low 1 MiB, its grant windows, shared areas or MMIO:
 those are not frames it owns); the host's (domain 0's) "GFN" is the MFN of a
-page it allocated for sharing (gntalloc).  A :class:`Frame` says where the
-page is: its memfd and offset (to map it elsewhere) and the VMM's address of
-it (to copy).
+page it allocated for sharing (gntalloc), or of a page it *adopted*: a
+buffer it imported (gntdev's dma-buf import: ``GrantTable.adopted``, looked
+up before the table's resolver).  A :class:`Frame` says where the page is:
+its memfd and offset (to map it elsewhere) and the VMM's address of it (to
+copy).
+
+A table whose own pages were freed (the service closed while a host user
+still held a pin) counts as gone: maps of it are ``bad_domain`` and the last
+unpins write nothing (``GrantTable.mapped``), so late finalizers are safe.
 
 This module has no KVM in it: the grant service (:mod:`.service`) adds the
 hypercalls, the guests' grant windows and the host API on top.
@@ -92,6 +98,9 @@ class GrantTable:
         self._next_handle = 0
         self.dying = False      # the domain stopped; the table lives while pinned
         self.on_buried = None   # fn(table) once dying and unpinned: frees its frames
+        # Pages the domain shares that are not in its own memory (the host's
+        # imported dma-bufs, gntdev.py), by GFN; consulted before *resolve*.
+        self.adopted: dict[int, Frame] = {}
 
     @property
     def nr_entries(self) -> int:
@@ -108,6 +117,18 @@ class GrantTable:
     @property
     def pinned(self) -> bool:
         return any(a.pin for a in self.active.values())
+
+    @property
+    def mapped(self) -> bool:
+        """The entries' memory is still mapped in the VMM (False once its
+        FrameRange was freed, e.g. by the service's close while a host user
+        still held a pin: nothing may then read or write the entries)."""
+        return getattr(self.frames, "fd", 0) >= 0
+
+    def frame_of(self, gfn: int) -> Frame | None:
+        """The page behind *gfn*: an adopted page, else :attr:`resolve`."""
+        frame = self.adopted.get(gfn)
+        return frame if frame is not None else self.resolve(gfn)
 
     # --- maptrack ------------------------------------------------------------------------
     def alloc_handle(self, mapping: "Mapping") -> int | None:
@@ -136,6 +157,12 @@ class Mapping:
     dev: bool             # also a device mapping (PIN_DEV_*)
     host_addr: int        # guest: GPA in its grant window; host: 0 (see gntdev)
     undo: object = None   # callable that removes the host mapping, or None
+
+    @property
+    def frame(self) -> Frame:
+        """The granted page (the active entry's), while mapped; its
+        ``mfn * 4096`` is the ``dev_bus_addr`` of a device mapping."""
+        return self.granter.active[self.ref].frame
 
 
 class GrantError(Exception):
@@ -174,7 +201,7 @@ class Grants:
         if domid == A.DOMID_SELF:
             domid = caller
         t = self.tables.get(domid)
-        if t is None or t.dying:
+        if t is None or t.dying or not t.mapped:
             raise GrantError(A.GNTST_bad_domain, f"no domain {domid}")
         return t
 
@@ -198,7 +225,7 @@ class Grants:
             readonly = self._acquire(granter, ref, mapper, rw)
             if act is None or not act.pin:
                 frame_gfn = granter.entry(ref)[2]
-                frame = granter.resolve(frame_gfn)
+                frame = granter.frame_of(frame_gfn)
                 if frame is None:
                     self._release_bits(granter, ref, 0)
                     raise GrantError(A.GNTST_bad_page, f"frame {frame_gfn:#x} not the granter's")
@@ -244,7 +271,7 @@ class Grants:
             clear |= A.GTF_writing
         if not pin:
             clear |= A.GTF_reading
-        if clear:
+        if clear and granter.mapped:
             atomic.fetch_and_u8(granter.entry_addr(ref), ~clear & 0xFF)
 
     def _bury(self, granter: GrantTable) -> None:
@@ -301,17 +328,21 @@ class Grants:
 
     def unmap(self, mapper: GrantTable, handle: int, *, host_addr: int = 0,
               dev_bus_addr: int = 0, host: bool = True, device: bool = True) -> None:
-        """Remove *handle*'s host and/or device half (GNTTABOP_unmap_grant_ref):
-        the host mapping goes first, then the pin.  Raises
+        """Remove *handle*'s host half (if *host*) and/or device half (if
+        *device*) (GNTTABOP_unmap_grant_ref): the host mapping goes first,
+        then the pin; the handle is freed when neither half is left.  Raises
         :class:`GrantError`: an unknown or already unmapped handle,
-        ``bad_handle``; *host_addr* not where it is mapped, ``general_error``;
-        *dev_bus_addr* not its frame, ``bad_dev_addr``."""
+        ``bad_handle``; *host_addr* not where the host half is mapped,
+        ``general_error``; *dev_bus_addr* not the frame of a mapping that
+        has a device half, ``bad_dev_addr`` (Xen >= 4.15 ignores
+        dev_bus_addr for a mapping without one, as here).  Nothing changes
+        on an error."""
         with self.lock:
             m = mapper.maptrack.get(handle) if 0 <= handle < mapper.max_maptrack else None
             if m is None:
                 raise GrantError(A.GNTST_bad_handle, f"handle {handle}")
             act = m.granter.active[m.ref]
-            if dev_bus_addr and dev_bus_addr != act.frame.mfn * PAGE_SIZE:
+            if dev_bus_addr and m.dev and dev_bus_addr != act.frame.mfn * PAGE_SIZE:
                 raise GrantError(A.GNTST_bad_dev_addr, f"{dev_bus_addr:#x}")
             if host_addr and m.kind >= 0 and host_addr != m.host_addr:
                 raise GrantError(A.GNTST_general_error, f"nothing mapped at {host_addr:#x}")
@@ -352,25 +383,28 @@ class Grants:
     def copy(self, caller: GrantTable, src: tuple, dst: tuple, length: int, local) -> None:
         """One GNTTABOP_copy op.  *src*/*dst*: ``("gref", domid, ref, offset)``
         or ``("frame", domid, gmfn, offset)``; *local* ``(gmfn) -> Frame | None``
-        resolves the caller's own frames.  Raises :class:`GrantError`
-        (len 0 succeeds at once, before any check, as Xen)."""
+        resolves the caller's own frames.  Raises :class:`GrantError` in
+        Xen's order of checks (``gnttab_copy_one``): len 0 succeeds at once;
+        then per side, source first, a frame side not saying ``DOMID_SELF``
+        (not even the caller's own domid: ``permission_denied``) and an
+        unknown domain (``bad_domain``); then
+        the source is claimed, then the destination (a grant as for a map,
+        pinned host-read / host-write for the op only; a frame that is not
+        the caller's, ``bad_page``); only then ``offset + len > 4096`` on
+        either side, ``bad_copy_arg``."""
         if length == 0:
             return
-        for side in (src, dst):
-            if side[0] == "frame" and side[1] not in (A.DOMID_SELF, caller.domid):
-                raise GrantError(A.GNTST_permission_denied, "frame form names another domain")
         with self.lock:
+            tables = []
             for side in (src, dst):
-                if side[0] == "gref":
-                    self.table(side[1], caller.domid)
-            if src[3] + length > PAGE_SIZE or dst[3] + length > PAGE_SIZE:
-                raise GrantError(A.GNTST_bad_copy_arg, "crosses a page")
+                if side[0] == "frame" and side[1] != A.DOMID_SELF:
+                    raise GrantError(A.GNTST_permission_denied, "a frame side must be DOMID_SELF")
+                tables.append(self.table(side[1], caller.domid))
             held: list[tuple[GrantTable, int, int]] = []
             try:
                 addrs = []
-                for side, writing in ((src, False), (dst, True)):
+                for side, t, writing in ((src, tables[0], False), (dst, tables[1], True)):
                     if side[0] == "gref":
-                        t = self.table(side[1], caller.domid)
                         shift = A.PIN_HOST_WRITE if writing else A.PIN_HOST_READ
                         act = self.pin(t, side[2], caller.domid, shift, writing)
                         held.append((t, side[2], shift))
@@ -380,8 +414,9 @@ class Grants:
                         if frame is None:
                             raise GrantError(A.GNTST_bad_page, f"frame {side[2]:#x}")
                     addrs.append(frame.hva + side[3])
+                if src[3] + length > PAGE_SIZE or dst[3] + length > PAGE_SIZE:
+                    raise GrantError(A.GNTST_bad_copy_arg, "crosses a page")
                 ctypes.memmove(addrs[1], addrs[0], length)
             finally:
                 for t, ref, shift in held:
                     self.unpin(t, ref, shift)
-
