@@ -83,6 +83,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
                     f"≤ 30 MB: {'met' if mb <= 30 else 'not met'}"))
     out += _ivc_rows()
     out += _lguest_rows()
+    out += _grant_rows()
     return out
 
 
@@ -150,6 +151,31 @@ def _lguest_rows() -> list[tuple[str, str, str, str, str]]:
                     f"{f['ivc']['median'] / 1e3:.0f} k/s",
                     f"{e['reference_ratio']['lguest/ivc']:.3f}x",
                     f"— ({e['per_frame']['lguest']['vmm_exits']:.2f} exits per frame)"))
+    return out
+
+
+def _grant_rows() -> list[tuple[str, str, str, str, str]]:
+    gr = _load("grant")
+    if not gr:
+        return []
+    out = []
+    for n, d in gr["map_latency_us"].items():
+        out.append((f"gntdev map + mmap + unmap, {n} page{'s' if n != '1' else ''}"
+                    + (" (`grant`)" if n == "1" else ""),
+                    f"{d['paravm']['median']:.0f} us",
+                    f"`mmap` of the same pages from the guest's memfd: "
+                    f"{d['mmap']['median']:.0f} us",
+                    f"{d['ratio']['paravm/mmap']:.1f}x", "—"))
+    c = gr["grant_copy_mb_per_s"]
+    out.append(("gntdev grant_copy, 64 × 4 KiB segments per call",
+                f"{c['grant_copy']['median']:.0f} MB/s",
+                f"memcpy of the same bytes: {c['memcpy']['median']:.0f} MB/s",
+                f"{c['ratio']['grant_copy/memcpy']:.3f}x", "—"))
+    v = gr["vchan_mb_per_s"]
+    out.append((f"vchan guest → host, {v['bytes'] >> 20} MiB, 64 KiB rings",
+                f"{v['vchan']['median']:.0f} MB/s",
+                f"`os.pipe` between two host processes: {v['os.pipe']['median']:.0f} MB/s",
+                f"{v['ratio']['vchan/os.pipe']:.2f}x", "—"))
     return out
 
 
