@@ -518,3 +518,29 @@ GrantEntries.TestCase.settings = settings(max_examples=100, stateful_step_count=
                                           suppress_health_check=[HealthCheck.too_slow])
 test_grant_entry_state_machine = GrantEntries.TestCase
 
+
+
+# --- the host mapping cannot be removed (e.g. ENOMEM at vm.max_map_count) ---------------------
+def failing_place(frame, readonly):
+    def undo():
+        raise OSError(12, "Cannot allocate memory")
+    return undo
+
+
+def test_an_unmap_whose_mapping_cannot_go_is_general_error_and_keeps_the_pin(world):
+    grants, a, b, _ = world
+    a.grant(8, 2, 3)
+    h, _ = grants.map(b.table, 1, 8, HOST, 0x1000, failing_place)
+    assert status_of(lambda: grants.unmap(b.table, h)) == A.GNTST_general_error
+    assert a.flags(8) & A.GTF_reading            # still mapped, so still pinned
+    assert h in b.table.maptrack
+    assert not a.end_access(8)
+
+
+def test_retire_marks_the_table_dying_even_when_an_unmap_fails(world):
+    grants, a, b, _ = world
+    a.grant(8, 2, 3)
+    grants.map(b.table, 1, 8, HOST, 0x1000, failing_place)
+    grants.retire(b.table)                       # b's own mapping cannot go
+    assert b.table.dying
+    assert status_of(lambda: grants.table(2, 1)) == A.GNTST_bad_domain

@@ -246,3 +246,17 @@ def _memory(machine) -> GuestMemory:
     for base, _ in REGIONS:
         gm.add_region(Region(base, _frames[base], readonly=base == HIGH))
     return gm
+
+
+def test_a_readonly_region_gives_only_readonly_views(machine):
+    from paravm.memory import GuestMemory, GuestMemoryError, Region
+    fr = machine.alloc(1, "ro")
+    mem = GuestMemory()
+    mem.add_region(Region(0x10000, fr, readonly=True))
+    v = mem.view(0x10000, 16)
+    assert v.readonly
+    with pytest.raises(TypeError):
+        v[0] = 1                               # an exception, never a write (or SIGSEGV)
+    with pytest.raises(GuestMemoryError):
+        mem.writable_view(0x10000, 16)
+    assert fr.buffer[0] == 0

@@ -363,6 +363,25 @@ def test_a_bad_receiver_list_kills_the_receiver_only(machine):
     svc.close()
 
 
+
+def test_a_receiver_list_in_a_readonly_region_kills_the_receiver_not_its_senders(machine):
+    """A DMA array the VMM could read but not write back (a read-only grant
+    window, the IVC info page) is refused like any array outside RAM."""
+    from paravm.memory import Region
+    svc, d, keys = lan_world(machine)
+    a, b = d["a"], d["b"]
+    ro = machine.alloc(1, "ro-window")
+    b.memory.add_region(Region(0xF2000000, ro, readonly=True))
+    ro.buffer[:abi.DMA_SIZE] = abi.DMA.pack(0, 0, *([BUF + 0x1000] + [0] * 15),
+                                            *([64] + [0] * 15))
+    b.call(abi.HC_BIND_DMA, keys["b"] + 4, 0xF2000000, 1, 2)
+    put_dma(a, BUF, [(BUF + 0x1000, 8)])
+    a.call(abi.HC_SEND_DMA, keys["a"] + 4, BUF)
+    assert b.crashed and a.crashed is None
+    a.call(abi.HC_SEND_DMA, keys["a"] + 4, BUF)     # its binding is gone
+    assert a.crashed is None
+    svc.close()
+
 # --- the launcher API ---------------------------------------------------------------------
 def test_launcher_requests_and_errors(machine):
     svc, d = world(machine, [spec("a", 1, 4, [ConsoleSpec()])])

@@ -41,6 +41,11 @@ class Region:
         self.gpa, self.frames, self.offset = gpa, frames, offset
         self.size = frames.size - offset if size is None else size
         self.view = frames.buffer[offset:offset + self.size]
+        if readonly:
+            # The VMM's own pages behind a read-only region may be mapped
+            # PROT_READ (a read-only grant): a write through this view must
+            # be an exception, never a SIGSEGV of the VMM.
+            self.view = self.view.toreadonly()
         self.readonly = readonly
 
     @property
@@ -139,9 +144,15 @@ class GuestMemory:
         r.view[off:off + mv.nbytes] = mv
 
     def view(self, gpa: int, length: int) -> memoryview:
-        """A zero-copy writable view of guest memory.  Release it when done;
-        a held view keeps the mapping alive after the domain is destroyed."""
+        """A zero-copy view of guest memory, read-only in a read-only region
+        (writing through it raises ``TypeError``).  Release it when done; a
+        held view keeps the mapping alive after the domain is destroyed."""
         r, off = self.check_range(gpa, length)
+        return r.view[off:off + length]
+
+    def writable_view(self, gpa: int, length: int) -> memoryview:
+        """As :meth:`view`, but :class:`GuestMemoryError` in a read-only region."""
+        r, off = self._writable(gpa, length)
         return r.view[off:off + length]
 
     def _writable(self, gpa: int, length: int) -> tuple[Region, int]:

@@ -184,8 +184,11 @@ class Vchan:
         for orders out of range."""
         from .grant.abi import UNMAP_NOTIFY_CLEAR_BYTE, UNMAP_NOTIFY_SEND_EVENT
         from .grant.gntdev import Gntdev
-        ring_ref = int(hv.xenstore.wait(f"{path}/ring-ref", timeout))
-        remote_port = int(hv.xenstore.wait(f"{path}/event-channel", timeout))
+        try:
+            ring_ref = int(hv.xenstore.wait(f"{path}/ring-ref", timeout))
+            remote_port = int(hv.xenstore.wait(f"{path}/event-channel", timeout))
+        except ValueError:
+            raise VchanError(22, f"{path}: ring-ref / event-channel are not numbers") from None
         closers: list = []
         try:
             ev = hv.evtchn.open()

@@ -354,7 +354,7 @@ def _ram_resolver(domain):
     lo, hi = L.RESERVED_END // PAGE_SIZE, ram.nframes
 
     def resolve(gfn: int) -> Frame | None:
-        if lo <= gfn < hi:
+        if lo <= gfn < hi and ram.fd >= 0:      # not once the RAM is freed
             off = gfn * PAGE_SIZE
             return Frame(ram.fd, off, ram.hva + off, ram.mfn + gfn)
         return None

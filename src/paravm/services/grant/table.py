@@ -98,6 +98,7 @@ class GrantTable:
         self._next_handle = 0
         self.dying = False      # the domain stopped; the table lives while pinned
         self.on_buried = None   # fn(table) once dying and unpinned: frees its frames
+        self.buried = False
         # Pages the domain shares that are not in its own memory (the host's
         # imported dma-bufs, gntdev.py), by GFN; consulted before *resolve*.
         self.adopted: dict[int, Frame] = {}
@@ -275,6 +276,9 @@ class Grants:
             atomic.fetch_and_u8(granter.entry_addr(ref), ~clear & 0xFF)
 
     def _bury(self, granter: GrantTable) -> None:
+        if granter.buried:
+            return
+        granter.buried = True
         if self.tables.get(granter.domid) is granter:
             del self.tables[granter.domid]
         if granter.on_buried is not None:
@@ -348,7 +352,13 @@ class Grants:
                 raise GrantError(A.GNTST_general_error, f"nothing mapped at {host_addr:#x}")
             if host and m.kind >= 0:
                 if m.undo is not None:
-                    m.undo()
+                    try:
+                        m.undo()
+                    except OSError as e:
+                        # e.g. ENOMEM at vm.max_map_count: the page is still
+                        # mapped, so the pin stays and the handle stays valid.
+                        raise GrantError(A.GNTST_general_error,
+                                         f"cannot remove the mapping: {e}") from None
                     m.undo = None
                 self.unpin(m.granter, m.ref, m.kind)
                 m.kind = -1
@@ -366,7 +376,7 @@ class Grants:
             for handle in list(mapper.maptrack):
                 try:
                     self.unmap(mapper, handle)
-                except GrantError:
+                except Exception:  # noqa: BLE001 - drop the others regardless
                     pass
 
     def retire(self, table: GrantTable) -> None:
@@ -374,8 +384,8 @@ class Grants:
         pinned entries stay valid for their mappers (Xen's zombie domain)
         until the last unpin, when ``table.on_buried`` runs."""
         with self.lock:
+            table.dying = True          # first: nothing below may leave it live
             self.release_mappings(table)
-            table.dying = True
             if not table.pinned:
                 self._bury(table)
 

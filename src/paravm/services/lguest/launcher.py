@@ -373,7 +373,7 @@ class BlockDevice:
             if left <= 0:
                 break
             take = min(length, left)
-            views.append(mem.view(addr, take))
+            views.append(mem.writable_view(addr, take))
             left -= take
         got = os.preadv(self.fd, views, off)
         if got < want:                             # the partial last sector: zeros

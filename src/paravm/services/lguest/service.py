@@ -118,6 +118,7 @@ class LguestDomain:
     def read_dma(self, gpa: int) -> tuple[int, list[tuple[int, int]]]:
         """(used_len, sections) of the lguest_dma at *gpa*; ``DmaError`` if it
         is not in guest memory or a section is bad."""
+        self._check_dma(gpa)
         try:
             raw = self.memory.read(gpa, abi.DMA_SIZE)
         except GuestMemoryError:
@@ -133,13 +134,23 @@ class LguestDomain:
             sections.append((addr, length))
         return fields[0], sections
 
+    def _check_dma(self, gpa: int) -> None:
+        # As the reference's lguest_address_ok: the struct lies in the guest's
+        # RAM below pfn_limit (so never in a read-only region such as a
+        # read-only grant window or the IVC info page, where the VMM could
+        # not write used_len back).
+        if not (L.RESERVED_END <= gpa and gpa + abi.DMA_SIZE <= self.top):
+            raise DmaError(f"lguest_dma at {gpa:#x} outside the guest's RAM")
+
     def used_len(self, gpa: int) -> int:
+        self._check_dma(gpa)
         try:
             return self.memory.read_u32(gpa + abi.DMA_USED_LEN)
         except GuestMemoryError:
             raise DmaError(f"lguest_dma at {gpa:#x} outside guest memory") from None
 
     def set_used_len(self, gpa: int, value: int) -> None:
+        self._check_dma(gpa)
         try:
             self.memory.write_u32(gpa + abi.DMA_USED_LEN, value)
         except GuestMemoryError:
@@ -385,7 +396,7 @@ def _copy(smem, ssec, dmem, dsec) -> int:
         sa, sl = ssec[si]
         da, dl = dsec[di]
         n = min(sl - soff, dl - doff)
-        dmem.view(da + doff, n)[:] = smem.view(sa + soff, n)
+        dmem.writable_view(da + doff, n)[:] = smem.view(sa + soff, n)
         total += n
         soff += n
         doff += n
