@@ -332,7 +332,7 @@ void vchan_close(struct vchan *v)
          * unmaps (end_foreign_access is -EBUSY until then); the pages are
          * not reused in any case (pv_page_alloc never takes them back). */
         for (uint32_t i = 0; i < v->nr_refs; i++)
-            gnttab_end_foreign_access_ref(v->refs[i]);
+            gnttab_try_end_foreign_access(v->refs[i]);   /* revoke + free, or leave it */
         xs_rm(v->xs_path);
     } else {
         __atomic_store_n(&v->ring->cli_live, 0, __ATOMIC_RELEASE);

@@ -189,9 +189,10 @@ class Hypervisor:
         return made
 
     def _instance_regions(self, name: str) -> tuple:
-        """Regions made anew for each instance of a domain (its grant table,
-        grant windows and shared_info page: a restarted domain must not see
-        the state of the one before)."""
+        """Regions asked for again for each instance of a domain: its grant
+        table and grant windows are new, its shared_info page is the same
+        frame zeroed at attach (a restarted domain must not see the state of
+        the one before)."""
         regions = ()
         for svc in (self.evtchn, self.grant):
             if svc is not None:
