@@ -4,13 +4,13 @@ hostile guest (tests/guests/evtchn.c)."""
 
 import re
 import selectors
-import time
 
 import pytest
 
 import paravm
-from paravm.config import parse_manifest
 from paravm.services.evtchn import abi
+
+from guest_manifest import guests_manifest, wait_console
 
 pytestmark = pytest.mark.kvm
 
@@ -20,26 +20,9 @@ def evtchn_elf(test_guests):
     return test_guests / "evtchn.elf"
 
 
-def manifest(tmp_path, elf, domains, vcpus=1):
-    text = ""
-    for name, args in domains:
-        quoted = ", ".join(f'"{a}"' for a in args)
-        text += (f'[[domain]]\nname = "{name}"\nimage = "{elf}"\nmemory = 16\n'
-                 f"vcpus = {vcpus}\nargs = [{quoted}]\nxen = {{}}\n\n")
-    return parse_manifest(text, tmp_path / "m.toml")
-
-
-def wait_for(dom, pattern, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not (m := re.search(pattern, dom.console.text)):
-        assert time.monotonic() < deadline and not dom.stopped, dom.console.text
-        time.sleep(0.002)
-    return m
-
-
 def test_two_guests_ping_pong_through_an_interdomain_channel(tmp_path, evtchn_elf):
     n = 200
-    m = manifest(tmp_path, evtchn_elf, [("a", ["ping", "2", str(n)]), ("b", ["pong", "1", str(n)])])
+    m = guests_manifest(tmp_path, evtchn_elf, [("a", ["ping", "2", str(n)]), ("b", ["pong", "1", str(n)])])
     with paravm.Hypervisor(output=None) as hv:
         a, b = hv.create_from_manifest(m)
         hv.start_all()
@@ -58,7 +41,7 @@ def test_two_guests_ping_pong_through_an_interdomain_channel(tmp_path, evtchn_el
 
 def test_guest_and_host_ping_pong_through_a_handle(tmp_path, evtchn_elf):
     n = 100
-    m = manifest(tmp_path, evtchn_elf, [("g", ["host", str(n), "1"])])
+    m = guests_manifest(tmp_path, evtchn_elf, [("g", ["host", str(n), "1"])])
     with paravm.Hypervisor(output=None) as hv, selectors.DefaultSelector() as sel:
         (g,) = hv.create_from_manifest(m)
         h = hv.evtchn.open()
@@ -66,7 +49,7 @@ def test_guest_and_host_ping_pong_through_a_handle(tmp_path, evtchn_elf):
         assert back == 1
         sel.register(h, selectors.EVENT_READ)
         hv.start_all()
-        found = wait_for(g, r"ready port=(\d+) back=(\d+)")
+        found = wait_console(g, r"ready port=(\d+) back=(\d+)")
         mine = h.bind_interdomain(1, int(found.group(1)))   # host -> g
         assert h.pending() == mine                  # a new binding starts pending
         h.unmask(mine)
@@ -89,7 +72,7 @@ def test_guest_and_host_ping_pong_through_a_handle(tmp_path, evtchn_elf):
 
 
 def test_the_sdk_against_the_vmm_in_one_guest(tmp_path, evtchn_elf):
-    m = manifest(tmp_path, evtchn_elf, [("a", ["api"])], vcpus=2)
+    m = guests_manifest(tmp_path, evtchn_elf, [("a", ["api"])], vcpus=2)
     with paravm.Hypervisor(output=None) as hv:
         (a,) = hv.create_from_manifest(m)
         hv.start_all()
@@ -115,7 +98,7 @@ def test_the_sdk_against_the_vmm_in_one_guest(tmp_path, evtchn_elf):
 
 def test_a_hostile_guest_cannot_break_the_vmm_or_its_neighbour(tmp_path, evtchn_elf):
     n = 50
-    m = manifest(tmp_path, evtchn_elf, [("e", ["evil"]), ("a", ["ping", "3", str(n)]),
+    m = guests_manifest(tmp_path, evtchn_elf, [("e", ["evil"]), ("a", ["ping", "3", str(n)]),
                                         ("b", ["pong", "2", str(n)])])
     with paravm.Hypervisor(output=None) as hv:
         e, a, b = hv.create_from_manifest(m)

@@ -9,13 +9,13 @@ console lines.  Waits are for a positive signal, never a fixed sleep."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
 import paravm
-from paravm.config import parse_manifest
 from paravm.services.grant import abi as A
+
+from guest_manifest import guests_manifest, wait_console
 
 pytestmark = pytest.mark.kvm
 
@@ -27,36 +27,17 @@ def grant_elf(test_guests):
     return test_guests / "grant.elf"
 
 
-def manifest(tmp_path, elf, domains, xen="xen = {}"):
-    """domains: (name, args); every one with Xen services unless xen is ''."""
-    text = ""
-    for name, args in domains:
-        quoted = ", ".join(f'"{a}"' for a in args)
-        text += (f'[[domain]]\nname = "{name}"\nimage = "{elf}"\nmemory = 16\n'
-                 f"args = [{quoted}]\n{xen}\n\n")
-    return parse_manifest(text, tmp_path / "m.toml")
-
-
-def wait_for(dom, text, timeout=20):
-    """Wait until *text* is on *dom*'s console (or the domain stopped)."""
-    deadline = time.monotonic() + timeout
-    while text not in dom.console.text:
-        assert not dom.stopped, dom.console.text
-        assert time.monotonic() < deadline, dom.console.text
-        time.sleep(0.002)
-
-
 def values(text):
     """NAME=VALUE lines -> {name: value string}."""
     return dict(re.findall(r"^(\w+)=(\S+)$", text, re.M))
 
 
 def test_two_guests_share_pages_rw_and_ro_and_copy(tmp_path, grant_elf):
-    m = manifest(tmp_path, grant_elf, [("a", ["granter", "2"]), ("b", ["mapper", "1"])])
+    m = guests_manifest(tmp_path, grant_elf, [("a", ["granter", "2"]), ("b", ["mapper", "1"])])
     with paravm.Hypervisor(output=None) as hv:
         a, b = hv.create_from_manifest(m)
         a.start()
-        wait_for(a, "granted 8 9")          # the mapper starts once the refs exist
+        wait_console(a, "granted 8 9")          # the mapper starts once the refs exist
         b.start()
         assert hv.wait_all(60) is not None, (a.console.text, b.console.text)
         ta, tb = a.console.text, b.console.text
@@ -78,8 +59,8 @@ def test_two_guests_share_pages_rw_and_ro_and_copy(tmp_path, grant_elf):
 
 
 def test_xtf_style_hostile_calls_from_a_guest(tmp_path, grant_elf):
-    m = manifest(tmp_path, grant_elf, [("h", ["hostile"])],
-                 xen="[domain.xen]\nmax_grant_frames = 2\ngrant_window_pages = 16")
+    m = guests_manifest(tmp_path, grant_elf, [("h", ["hostile"])],
+                            extra="[domain.xen]\nmax_grant_frames = 2\ngrant_window_pages = 16")
     with paravm.Hypervisor(output=None) as hv:
         (h,) = hv.create_from_manifest(m)
         hv.start_all()
@@ -110,8 +91,8 @@ def test_xtf_style_hostile_calls_from_a_guest(tmp_path, grant_elf):
 
 
 def test_refs_run_out_with_enospc_and_are_reused(tmp_path, grant_elf):
-    m = manifest(tmp_path, grant_elf, [("f", ["full"])],
-                 xen="[domain.xen]\nmax_grant_frames = 1")
+    m = guests_manifest(tmp_path, grant_elf, [("f", ["full"])],
+                            extra="[domain.xen]\nmax_grant_frames = 1")
     with paravm.Hypervisor(output=None) as hv:
         (f,) = hv.create_from_manifest(m)
         hv.start_all()
@@ -124,7 +105,7 @@ def test_refs_run_out_with_enospc_and_are_reused(tmp_path, grant_elf):
 
 
 def test_without_xen_services_init_is_enodev(tmp_path, grant_elf):
-    m = manifest(tmp_path, grant_elf, [("n", ["noxen"])], xen="")
+    m = guests_manifest(tmp_path, grant_elf, [("n", ["noxen"])], extra="")
     with paravm.Hypervisor(output=None) as hv:
         (n,) = hv.create_from_manifest(m)
         hv.start_all()
@@ -133,11 +114,11 @@ def test_without_xen_services_init_is_enodev(tmp_path, grant_elf):
 
 
 def test_a_crashing_mapper_leaves_the_granter_whole(tmp_path, grant_elf):
-    m = manifest(tmp_path, grant_elf, [("a", ["survivor", "2"]), ("b", ["crasher", "1"])])
+    m = guests_manifest(tmp_path, grant_elf, [("a", ["survivor", "2"]), ("b", ["crasher", "1"])])
     with paravm.Hypervisor(output=None) as hv:
         a, b = hv.create_from_manifest(m)
         a.start()
-        wait_for(a, "granted 8")
+        wait_console(a, "granted 8")
         b.start()
         rb = b.wait(30)
         assert rb is not None and rb.how == "crashed", (rb, b.console.text)
@@ -151,11 +132,11 @@ def test_a_crashing_mapper_leaves_the_granter_whole(tmp_path, grant_elf):
 
 def test_the_host_maps_a_guest_grant_through_gntdev(tmp_path, grant_elf):
     from paravm.services.grant.gntdev import Gntdev
-    m = manifest(tmp_path, grant_elf, [("g", ["host"])])
+    m = guests_manifest(tmp_path, grant_elf, [("g", ["host"])])
     with paravm.Hypervisor(output=None) as hv:
         (g,) = hv.create_from_manifest(m)
         hv.start_all()
-        wait_for(g, "granted 8")
+        wait_console(g, "granted 8")
         with Gntdev(hv.grant) as gd:
             index = gd.map_grant_refs([(1, 8)])
             view = gd.mmap(index, 1, writable=True)
@@ -164,7 +145,7 @@ def test_the_host_maps_a_guest_grant_through_gntdev(tmp_path, grant_elf):
             assert entry[0] == A.GTF_permit_access | A.GTF_reading | A.GTF_writing
             view[8:24] = b"hello from dom0\0"
             view[0:4] = (0x484F5354).to_bytes(4, "little")        # "HOST": the guest looks
-            wait_for(g, f"end -{EBUSY}")
+            wait_console(g, f"end -{EBUSY}")
             gd.munmap(view)
             gd.unmap_grant_ref(index)
             assert g.wait(30).status == 0, g.console.text
@@ -176,14 +157,14 @@ def test_a_granter_that_exits_and_restarts_leaves_the_mapper_its_old_page(tmp_pa
     # Xen's zombie domain: the pages a dead granter's peers map stay theirs until
     # they unmap; new maps fail (bad_domain), and a new instance of the granter
     # has a fresh table (its ref 8 is invalid: general_error).
-    m = manifest(tmp_path, grant_elf, [("a", ["exiter", "2"]), ("b", ["zombie", "1"])])
+    m = guests_manifest(tmp_path, grant_elf, [("a", ["exiter", "2"]), ("b", ["zombie", "1"])])
     with paravm.Hypervisor(output=None) as hv:
         a, b = hv.create_from_manifest(m)
         a.start()
-        wait_for(a, "granted 8")
+        wait_console(a, "granted 8")
         b.start()
         assert a.wait(30).status == 0, a.console.text
-        wait_for(b, f"granter gone: {A.GNTST_bad_domain}")
+        wait_console(b, f"granter gone: {A.GNTST_bad_domain}")
         old = hv.grant.grants.tables[1]
         assert old.dying and old.active                    # pinned by b: not buried
         a2 = hv.restart("a", args=["idle"])
@@ -207,7 +188,7 @@ def test_1000_guest_map_unmap_cycles_leak_no_memslot_mapping_or_fd(tmp_path, gra
         with open("/proc/self/maps") as f:
             return sum(1 for _ in f)
 
-    m = manifest(tmp_path, grant_elf, [("g", ["cycles", "1000"])])
+    m = guests_manifest(tmp_path, grant_elf, [("g", ["cycles", "1000"])])
     with paravm.Hypervisor(output=None) as hv:
         (g,) = hv.create_from_manifest(m)
         slots, fds, maps = len(g.vm._slots), len(os.listdir("/proc/self/fd")), vmas()

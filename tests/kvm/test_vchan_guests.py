@@ -11,8 +11,9 @@ import zlib
 import pytest
 
 import paravm
-from paravm.config import parse_manifest
 from paravm.services.vchan import Vchan
+
+from guest_manifest import guests_manifest
 
 pytestmark = pytest.mark.kvm
 
@@ -22,15 +23,6 @@ MiB = 1 << 20
 @pytest.fixture(scope="module")
 def vchan_elf(test_guests):
     return test_guests / "vchan.elf"
-
-
-def manifest(tmp_path, elf, domains):
-    text = ""
-    for name, args in domains:
-        quoted = ", ".join(f'"{a}"' for a in args)
-        text += (f'[[domain]]\nname = "{name}"\nimage = "{elf}"\nmemory = 32\n'
-                 f"args = [{quoted}]\nxen = {{}}\n\n")
-    return parse_manifest(text, tmp_path / "m.toml")
 
 
 def crc_of(dom):
@@ -49,7 +41,7 @@ def finished(dom, timeout=120):
                          ids=["64k-rings", "in-page-rings"])
 def test_guest_to_guest(tmp_path, vchan_elf, rings):
     total = 64 * MiB if rings[0] == "65536" else 4 * MiB     # 1 KiB rings: ~7 MB/s
-    m = manifest(tmp_path, vchan_elf, [
+    m = guests_manifest(tmp_path, vchan_elf, memory=32, domains= [
         ("srv", ["server", "2", "data/vchan", "recv", str(total), *rings]),
         ("cli", ["client", "1", "/local/domain/1/data/vchan", "send", str(total)])])
     with paravm.Hypervisor(output=None) as hv:
@@ -63,7 +55,7 @@ def test_guest_to_guest(tmp_path, vchan_elf, rings):
 
 def test_guest_to_host(tmp_path, vchan_elf):
     total = 64 * MiB
-    m = manifest(tmp_path, vchan_elf, [("g", ["server", "0", "data/vchan", "send", str(total)])])
+    m = guests_manifest(tmp_path, vchan_elf, memory=32, domains= [("g", ["server", "0", "data/vchan", "send", str(total)])])
     with paravm.Hypervisor(output=None) as hv:
         (g,) = hv.create_from_manifest(m)
         hv.start_all()
@@ -82,7 +74,7 @@ def test_guest_to_host(tmp_path, vchan_elf):
 def test_host_to_guest(tmp_path, vchan_elf):
     total = 64 * MiB
     data = random.Random(5).randbytes(total)
-    m = manifest(tmp_path, vchan_elf, [("g", ["client", "0", "/local/domain/0/data/vchan",
+    m = guests_manifest(tmp_path, vchan_elf, memory=32, domains= [("g", ["client", "0", "/local/domain/0/data/vchan",
                                               "recv", str(total)])])
     with paravm.Hypervisor(output=None) as hv:
         (g,) = hv.create_from_manifest(m)

@@ -23,23 +23,11 @@ from paravm.services.grant.gntdev import Gntdev
 from paravm.services.grant.service import GrantService
 from paravm.services.grant.table import GrantError, GrantTable
 
+from grant_fakes import FakeEvtchn
+
 PERMIT, RDONLY = A.GTF_permit_access, A.GTF_readonly
 READING, WRITING = A.GTF_reading, A.GTF_writing
 CLEAR, SEND = A.UNMAP_NOTIFY_CLEAR_BYTE, A.UNMAP_NOTIFY_SEND_EVENT
-
-
-class FakeEvtchn:
-    def __init__(self):
-        self.bound = {5, 6}
-        self.sent = []
-        self.at_send = None
-
-    def host_port_bound(self, port):
-        return port in self.bound
-
-    def send(self, domid, port):
-        self.sent.append((domid, port, self.at_send() if self.at_send else None))
-        return 0
 
 
 class Peer:

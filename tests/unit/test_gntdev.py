@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from paravm.memory import PAGE_SIZE, MachineMemory, atomic
+from paravm.memory import PAGE_SIZE, MachineMemory
 from paravm.services.grant import abi as A
 from paravm.services.grant import gntdev as G
 from paravm.services.grant.gntalloc import host_granter
@@ -31,66 +31,25 @@ from paravm.services.grant.gntdev import CopySegment, Foreign, Gntdev, Local
 from paravm.services.grant.service import GrantService
 from paravm.services.grant.table import Frame, GrantTable
 
+from grant_fakes import FakeEvtchn, GrantingDomain
+
 OK = A.GNTST_okay
 CLEAR, SEND = A.UNMAP_NOTIFY_CLEAR_BYTE, A.UNMAP_NOTIFY_SEND_EVENT
 READING, WRITING = A.GTF_reading, A.GTF_writing
 PERMIT = A.GTF_permit_access
 
 
-class FakeEvtchn:
-    """What gntdev uses of the event channel service; *at_send* (if set) is
-    evaluated when an event is sent and recorded with it."""
-
-    def __init__(self):
-        self.bound = {5, 6}
-        self.sent = []
-        self.at_send = None
-
-    def host_port_bound(self, port):
-        return port in self.bound
-
-    def send(self, domid, port):
-        self.sent.append((domid, port, self.at_send() if self.at_send else None))
-        return 0
-
-
-class Guest:
+class Guest(GrantingDomain):
     """Domain *domid*: *pages* of RAM (page i filled with byte i+1) and a
     grant table in the service's Grants."""
 
     def __init__(self, svc, machine, domid=1, pages=16):
-        self.domid = domid
-        self.ram = machine.alloc(pages, f"g{domid}.ram")
+        super().__init__(machine, svc.grants, domid, ram_pages=pages)
         for i in range(pages):
             self.ram.buffer[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = bytes([i + 1]) * PAGE_SIZE
-        self.table = GrantTable(domid, machine.alloc(1, f"g{domid}.gt"), self.resolve,
-                                max_frames=1)
-        svc.grants.add(self.table)
-
-    def resolve(self, gfn):
-        if 1 <= gfn < self.ram.nframes:
-            return Frame(self.ram.fd, gfn * PAGE_SIZE, self.ram.hva + gfn * PAGE_SIZE,
-                         self.ram.mfn + gfn)
-        return None
 
     def grant(self, ref, gfn, flags=PERMIT, domid=0):
-        A.GRANT_ENTRY_V1.pack_into(self.table.frames.buffer, 8 * ref, flags, domid, gfn)
-
-    def flags(self, ref):
-        return A.GRANT_ENTRY_V1.unpack_from(self.table.frames.buffer, 8 * ref)[0]
-
-    def end_access(self, ref):
-        addr = self.table.entry_addr(ref)
-        flags = atomic.load_u32(addr) & 0xFFFF
-        while not flags & (READING | WRITING):
-            old = atomic.cmpxchg(addr, 2, flags, 0)
-            if old == flags:
-                return True
-            flags = old
-        return False
-
-    def page(self, gfn):
-        return self.ram.buffer[gfn * PAGE_SIZE:(gfn + 1) * PAGE_SIZE]
+        self.write_entry(ref, flags, domid, gfn)
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from paravm.memory import PAGE_SIZE, MachineMemory, atomic
+from paravm.memory import PAGE_SIZE, MachineMemory
 from paravm.services.grant import abi as A
-from paravm.services.grant.table import Frame, GrantError, Grants, GrantTable
+from paravm.services.grant.table import Frame, GrantError, Grants
+
+from grant_fakes import GrantingDomain
 
 HOST = A.GNTMAP_host_map
 RO = A.GNTMAP_host_map | A.GNTMAP_readonly
@@ -25,41 +27,15 @@ DEV = A.GNTMAP_device_map
 OK = A.GNTST_okay
 
 
-class Dom:
+class Dom(GrantingDomain):
     """A domain for the core: 16 pages of RAM and a one-frame grant table."""
 
     def __init__(self, machine, grants, domid, *, max_maptrack_frames=1024, ram_pages=16):
-        self.domid = domid
-        self.ram = machine.alloc(ram_pages, f"d{domid}.ram")
-        self.table = GrantTable(domid, machine.alloc(1, f"d{domid}.gt"), self.resolve,
-                                max_frames=1, max_maptrack_frames=max_maptrack_frames)
-        grants.add(self.table)
-
-    def resolve(self, gfn):
-        if 1 <= gfn < self.ram.nframes:          # gfn 0: a frame it does not own
-            return Frame(self.ram.fd, gfn * PAGE_SIZE, self.ram.hva + gfn * PAGE_SIZE,
-                         self.ram.mfn + gfn)
-        return None
+        super().__init__(machine, grants, domid, ram_pages=ram_pages,
+                         max_maptrack_frames=max_maptrack_frames)
 
     def grant(self, ref, domid, gfn, flags=A.GTF_permit_access):
-        A.GRANT_ENTRY_V1.pack_into(self.table.frames.buffer, 8 * ref, flags, domid, gfn)
-
-    def flags(self, ref):
-        return A.GRANT_ENTRY_V1.unpack_from(self.table.frames.buffer, 8 * ref)[0]
-
-    def end_access(self, ref) -> bool:
-        """The granter's revoke (Linux gnttab_end_foreign_access_ref v1)."""
-        addr = self.table.entry_addr(ref)
-        flags = atomic.load_u32(addr) & 0xFFFF
-        while not flags & (A.GTF_reading | A.GTF_writing):
-            old = atomic.cmpxchg(addr, 2, flags, 0)
-            if old == flags:
-                return True
-            flags = old
-        return False
-
-    def page(self, gfn):
-        return self.ram.buffer[gfn * PAGE_SIZE:(gfn + 1) * PAGE_SIZE]
+        self.write_entry(ref, flags, domid, gfn)
 
 
 def nothing(frame, readonly):

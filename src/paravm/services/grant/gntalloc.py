@@ -50,7 +50,7 @@ import weakref
 
 from ...memory import PAGE_SIZE, atomic
 from . import abi as A
-from .gntdev import HostView, _err, _reap_orphans, _uint
+from .gntdev import HostView, _DeviceFile, _err, _uint, check_notify, find_vma
 
 _U16, _U32, _U64 = (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
 _BUSY = A.GTF_reading | A.GTF_writing
@@ -291,38 +291,20 @@ class _AllocFile:
             self.granter.retry_deferred()
 
 
-class Gntalloc:
+class Gntalloc(_DeviceFile):
     """One open ``/dev/xen/gntalloc`` of the host on grant service
     *service*: pages the host allocates and grants to a guest.  A context
     manager; :meth:`close` (or losing this object, or interpreter exit)
     releases the file as Linux's does.  Thread-safe."""
 
+    _name = "gntalloc"
+
     def __init__(self, service) -> None:
-        self._f = _AllocFile(service)
-        self._finalizer = weakref.finalize(self, self._f.release)
-
-    def __enter__(self) -> "Gntalloc":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._f.closed
-
-    def close(self) -> None:
-        self._finalizer()
+        super().__init__(_AllocFile(service))
 
     @property
     def granter(self) -> HostGranter:
         return self._f.granter
-
-    def _open(self) -> _AllocFile:
-        _reap_orphans()
-        if self._f.closed:
-            raise _err(errno.EBADF, "gntalloc is closed")
-        return self._f
 
     # --- IOCTL_GNTALLOC_ALLOC_GREF ------------------------------------------------------------
     def alloc_gref(self, domid: int, count: int, writable: bool) -> tuple[int, list[int]]:
@@ -408,7 +390,7 @@ class Gntalloc:
         something that is neither a memoryview nor an int."""
         f = self._open()
         with f.lock:
-            vma = _find_alloc_vma(f.vmas, target)
+            vma = find_vma(f.vmas, target)
             if vma is not None:
                 f.drop_vma(vma)
 
@@ -449,26 +431,9 @@ class Gntalloc:
             grefs = f.find_grefs(index & ~(PAGE_SIZE - 1), 1)
             if grefs is None:
                 raise _err(errno.ENOENT, f"no gref at {index:#x}")
-            if action & ~(A.UNMAP_NOTIFY_CLEAR_BYTE | A.UNMAP_NOTIFY_SEND_EVENT):
-                raise _err(errno.EINVAL, f"action {action:#x}")
-            if action & A.UNMAP_NOTIFY_SEND_EVENT:
-                evtchn = f.service.evtchn
-                if evtchn is None or not evtchn.host_port_bound(port):
-                    raise _err(errno.EINVAL, f"port {port} is not bound by the host")
+            check_notify(f.service, action, port)
             g = grefs[0]
             g.notify_flags, g.notify_pgoff, g.notify_port = \
                 action, index & (PAGE_SIZE - 1), port
 
-
-
-def _find_alloc_vma(vmas: list[_AllocVma], target) -> _AllocVma | None:
-    if isinstance(target, memoryview):
-        try:
-            obj = target.obj
-        except ValueError:
-            return None
-        return next((v for v in vmas if v.view.mm is obj), None)
-    if isinstance(target, int) and not isinstance(target, bool):
-        return next((v for v in vmas if v.index == target), None)
-    raise _err(errno.EINVAL, f"munmap of {type(target).__name__}")
 

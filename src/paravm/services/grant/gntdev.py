@@ -217,6 +217,11 @@ class _Vma:
     def __init__(self, map_: "_Map", view: HostView) -> None:
         self.start, self.end, self.map, self.view = view.addr, view.addr + view.size, map_, view
 
+    @property
+    def index(self) -> int:
+        """Byte offset of its map in the file."""
+        return self.map.index * PAGE_SIZE
+
 
 _vmas_lock = threading.Lock()
 _vmas: dict[int, _Vma] = {}        # start -> VMA, every Gntdev of the process
@@ -627,21 +632,18 @@ class _File:
             granter.end_foreign_access(ref, revoked)
 
 
-class Gntdev:
-    """One open ``/dev/xen/gntdev`` of the host (domain 0) on grant service
-    *service* (a :class:`~paravm.services.grant.service.GrantService`, or
-    anything with its ``grants``, ``host``, ``evtchn``, ``host_alloc`` and
-    ``host_free``).  A context manager; :meth:`close` (or losing the last
-    reference to this object, or the interpreter exiting) drops every map
-    as Linux's release of the file does, firing the unmap notifications.
-    Thread-safe.  Offsets (``index``) are byte offsets into the file, page
-    aligned, as the uapi's."""
+class _DeviceFile:
+    """What an open gntdev and an open gntalloc share: the file's state
+    ``_f`` (with ``closed`` and ``release()``), released once by
+    :meth:`close`, by losing the last reference, or at interpreter exit."""
 
-    def __init__(self, service) -> None:
-        self._f = _File(service)
-        self._finalizer = weakref.finalize(self, self._f.release)
+    _name = "device"
 
-    def __enter__(self) -> "Gntdev":
+    def __init__(self, f) -> None:
+        self._f = f
+        self._finalizer = weakref.finalize(self, f.release)
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
@@ -655,11 +657,27 @@ class Gntdev:
         """Release the file (idempotent)."""
         self._finalizer()
 
-    def _open(self) -> _File:
+    def _open(self):
         _reap_orphans()
         if self._f.closed:
-            raise _err(errno.EBADF, "gntdev is closed")
+            raise _err(errno.EBADF, f"{self._name} is closed")
         return self._f
+
+
+class Gntdev(_DeviceFile):
+    """One open ``/dev/xen/gntdev`` of the host (domain 0) on grant service
+    *service* (a :class:`~paravm.services.grant.service.GrantService`, or
+    anything with its ``grants``, ``host``, ``evtchn``, ``host_alloc`` and
+    ``host_free``).  A context manager; :meth:`close` (or losing the last
+    reference to this object, or the interpreter exiting) drops every map
+    as Linux's release of the file does, firing the unmap notifications.
+    Thread-safe.  Offsets (``index``) are byte offsets into the file, page
+    aligned, as the uapi's."""
+
+    _name = "gntdev"
+
+    def __init__(self, service) -> None:
+        super().__init__(_File(service))
 
     # --- IOCTL_GNTDEV_MAP_GRANT_REF --------------------------------------------------------------
     def map_grant_refs(self, refs) -> int:
@@ -746,7 +764,7 @@ class Gntdev:
         ``EINVAL`` for something that is neither a memoryview nor an int."""
         f = self._open()
         with f.lock:
-            vma = _find_vma(f.vmas, target)
+            vma = find_vma(f.vmas, target)
             if vma is not None:
                 f.drop_vma(vma)
 
@@ -814,12 +832,7 @@ class Gntdev:
         index = _uint(index, _U64, "index")
         action = _uint(action, _U32, "action")
         port = _uint(port, _U32, "port")
-        if action & ~(A.UNMAP_NOTIFY_CLEAR_BYTE | A.UNMAP_NOTIFY_SEND_EVENT):
-            raise _err(errno.EINVAL, f"action {action:#x}")
-        if action & A.UNMAP_NOTIFY_SEND_EVENT:
-            evtchn = f.service.evtchn
-            if evtchn is None or not evtchn.host_port_bound(port):
-                raise _err(errno.EINVAL, f"port {port} is not bound by the host")
+        check_notify(f.service, action, port)
         with f.lock:
             for m in f.maps:
                 start = m.index * PAGE_SIZE
@@ -1097,7 +1110,10 @@ class Gntdev:
             f.end_import(imp)
 
 
-def _find_vma(vmas: list[_Vma], target) -> _Vma | None:
+def find_vma(vmas: list, target):
+    """The VMA (anything with ``view`` and ``index``) of *vmas* that munmap
+    *target* names: a memoryview of its view (None once released), or its
+    byte index; ``EINVAL`` for anything else."""
     if isinstance(target, memoryview):
         try:
             obj = target.obj
@@ -1105,6 +1121,17 @@ def _find_vma(vmas: list[_Vma], target) -> _Vma | None:
             return None
         return next((v for v in vmas if v.view.mm is obj), None)
     if isinstance(target, int) and not isinstance(target, bool):
-        hits = [v for v in vmas if v.map.index * PAGE_SIZE == target]
-        return hits[0] if hits else None
+        return next((v for v in vmas if v.index == target), None)
     raise _err(errno.EINVAL, f"munmap of {type(target).__name__}")
+
+
+def check_notify(service, action: int, port: int) -> None:
+    """SET_UNMAP_NOTIFY's argument checks, as both drivers make them:
+    action bits other than CLEAR_BYTE | SEND_EVENT, or SEND_EVENT on a port
+    no host event channel handle has bound, ``EINVAL``."""
+    if action & ~(A.UNMAP_NOTIFY_CLEAR_BYTE | A.UNMAP_NOTIFY_SEND_EVENT):
+        raise _err(errno.EINVAL, f"action {action:#x}")
+    if action & A.UNMAP_NOTIFY_SEND_EVENT:
+        evtchn = service.evtchn
+        if evtchn is None or not evtchn.host_port_bound(port):
+            raise _err(errno.EINVAL, f"port {port} is not bound by the host")
