@@ -16,13 +16,7 @@
 #include <stdint.h>
 #include "paravm/abi.h"
 
-#define PV_EPERM   1
-#define PV_ENOENT  2
-#define PV_E2BIG   7
-#define PV_EFAULT 14
-#define PV_EBUSY  16
-#define PV_EINVAL 22
-#define PV_ENOSYS 38
+#include "paravm/errno.h"
 
 /* --- hypercalls --------------------------------------------------------- */
 static inline long pv_hypercall6(unsigned nr, uint64_t a0, uint64_t a1, uint64_t a2,

@@ -8,9 +8,6 @@
 #define LARGE_RING_SHIFT 11
 #define MAX_RING_SHIFT   20
 #define PAGE_SHIFT       12
-#ifndef PV_EPIPE
-#define PV_EPIPE 32
-#endif
 
 static uint32_t min_order(size_t size)
 {

@@ -2,9 +2,6 @@
 #include <paravm.h>
 #include <paravm/xenstore.h>
 
-#ifndef PV_ETIMEDOUT
-#define PV_ETIMEDOUT 110
-#endif
 
 long xs_read(const char *path, char *buf, size_t len)
 {

@@ -32,16 +32,6 @@
 #include "paravm.h"
 #include "paravm/xen/event_channel.h"
 
-#ifndef PV_ESRCH
-#define PV_ESRCH           3
-#endif
-#ifndef PV_ENODEV
-#define PV_ENODEV         19
-#endif
-#ifndef PV_ENOSPC
-#define PV_ENOSPC         28
-#endif
-
 typedef void (*evtchn_handler)(evtchn_port_t port, void *ctx);
 
 /* Register the upcall handler on boot info evtchn_vector.  0 (also when

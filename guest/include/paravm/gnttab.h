@@ -29,19 +29,6 @@
 #include "paravm.h"
 #include "paravm/xen/grant_table.h"
 
-#ifndef PV_EIO
-#define PV_EIO 5
-#endif
-#ifndef PV_ENOMEM
-#define PV_ENOMEM 12
-#endif
-#ifndef PV_ENODEV
-#define PV_ENODEV 19
-#endif
-#ifndef PV_ENOSPC
-#define PV_ENOSPC 28
-#endif
-
 #define GNTTAB_MAX_FRAMES 256   /* the VMM's limit on max_grant_frames */
 
 /* grant_table_op(cmd, uop, count): 0, or -PV_EFAULT (uop not guest memory),

@@ -42,21 +42,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Linux errno values the IVC calls return, negated (paravm.h has some). */
-#ifndef PV_E2BIG
-#define PV_E2BIG          7
-#endif
-#define PV_EAGAIN         11
-#define PV_ENOMEM         12
-#ifndef PV_EBUSY
-#define PV_EBUSY          16
-#endif
-#define PV_ENODEV         19
-#ifndef PV_EINVAL
-#define PV_EINVAL         22
-#endif
-#define PV_ENOSPC         28
-#define PV_ECONNRESET     104
+/* Linux errno values the IVC calls return, negated. */
+#include "paravm/errno.h"
 #define PV_EPROBE_DEFER   517   /* kernel-internal: driver not ready yet */
 
 #define TEGRA_IVC_ALIGN         64

@@ -22,28 +22,7 @@
 #include <stdint.h>
 #include "paravm/lguest_abi.h"
 
-/* Linux errno values returned, negated (paravm.h and ivc.h have some). */
-#ifndef PV_EIO
-#define PV_EIO            5
-#endif
-#ifndef PV_E2BIG
-#define PV_E2BIG          7
-#endif
-#ifndef PV_ENOMEM
-#define PV_ENOMEM         12
-#endif
-#ifndef PV_EBUSY
-#define PV_EBUSY          16
-#endif
-#ifndef PV_ENODEV
-#define PV_ENODEV         19
-#endif
-#ifndef PV_EINVAL
-#define PV_EINVAL         22
-#endif
-#ifndef PV_ETIMEDOUT
-#define PV_ETIMEDOUT      110
-#endif
+#include "paravm/errno.h"   /* the errno values returned, negated */
 
 #define LGUEST_PAGE_SIZE  4096
 

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "paravm/errno.h"
 
 #define PV_HC_XENSTORE_OP   33
 #define XS_OP_READ          0
@@ -26,12 +27,6 @@
 #define XS_NO_READER        0x7FF4   /* DOMID_INVALID */
 #define XS_VALUE_MAX        4096
 
-#ifndef PV_EACCES
-#define PV_EACCES 13
-#endif
-#ifndef PV_ENOSPC
-#define PV_ENOSPC 28
-#endif
 
 /* Copy at most len-1 bytes of the value at path into buf, NUL-terminated;
  * the value's full length, or a negative errno. */
