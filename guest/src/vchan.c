@@ -29,6 +29,23 @@ static uint8_t *in_page(struct vchan *v, uint32_t order)
 
 /* ---- set-up ---------------------------------------------------------------- */
 
+/* Point this side's read and write rings at the left and right rings of the
+ * control page (the client writes the left one) with the given orders;
+ * lr[] gets them in grant order (left, right), an in-page one placed. */
+static void rings_of(struct vchan *v, uint32_t left_order, uint32_t right_order,
+                     struct vchan_ring *lr[2])
+{
+    lr[0] = v->is_server ? &v->read : &v->write;
+    lr[1] = v->is_server ? &v->write : &v->read;
+    lr[0]->order = left_order;
+    lr[0]->shr = &v->ring->left;
+    lr[1]->order = right_order;
+    lr[1]->shr = &v->ring->right;
+    for (int k = 0; k < 2; k++)
+        if (!ring_pages(lr[k]->order))
+            lr[k]->buffer = in_page(v, lr[k]->order);
+}
+
 static int share(struct vchan *v, void *page, int readonly)
 {
     int ref = gnttab_grant_foreign_access(v->peer, virt_to_gfn(page), readonly);
@@ -77,19 +94,14 @@ int vchan_server_init(struct vchan *v, domid_t peer, const char *xs_path,
         return ring_ref;
     v->ring->left_order = (uint16_t)rd;
     v->ring->right_order = (uint16_t)wr;
-    v->read.order = rd;
-    v->write.order = wr;
-    v->read.shr = &v->ring->left;
-    v->write.shr = &v->ring->right;
     uint32_t g = 0;
-    struct vchan_ring *rings[2] = {&v->read, &v->write};
+    struct vchan_ring *rings[2];
+    rings_of(v, rd, wr, rings);
     for (int k = 0; k < 2; k++) {
         struct vchan_ring *ring = rings[k];
         uint32_t n = ring_pages(ring->order);
-        if (!n) {
-            ring->buffer = in_page(v, ring->order);
+        if (!n)
             continue;
-        }
         ring->buffer = pv_page_alloc(n);
         if (!ring->buffer)
             return -PV_ENOMEM;
@@ -162,19 +174,14 @@ int vchan_client_init(struct vchan *v, domid_t peer, const char *xs_path,
     if (wr < SMALL_RING_SHIFT || wr > MAX_RING_SHIFT || rd < SMALL_RING_SHIFT ||
         rd > MAX_RING_SHIFT || (wr == rd && wr < PAGE_SHIFT))
         return -PV_EINVAL;
-    v->write.order = wr;
-    v->read.order = rd;
-    v->write.shr = &v->ring->left;
-    v->read.shr = &v->ring->right;
     uint32_t g = 0;
-    struct vchan_ring *rings[2] = {&v->write, &v->read};
+    struct vchan_ring *rings[2];
+    rings_of(v, wr, rd, rings);
     for (int k = 0; k < 2; k++) {
         struct vchan_ring *ring = rings[k];
         uint32_t n = ring_pages(ring->order);
-        if (!n) {
-            ring->buffer = in_page(v, ring->order);
+        if (!n)
             continue;
-        }
         /* The pages of one ring must be contiguous here: map them into
          * consecutive window slots. */
         uint8_t *base = 0;

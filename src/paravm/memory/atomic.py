@@ -11,7 +11,7 @@ not a lock table, so they are atomic against the guest too.
 Every function takes a host virtual address (an ``hva`` plus an offset:
 :attr:`paravm.memory.FrameRange.hva`, :attr:`paravm.memory.Region.hva`).
 The caller checks the address lies in a live mapping; a bad address
-crashes the process, like any pointer.  Cost: ~1 us per call (ctypes).
+crashes the process, like any pointer.  Each operation is one ctypes call.
 """
 
 from __future__ import annotations

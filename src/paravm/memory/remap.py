@@ -6,8 +6,8 @@ one memslot when the domain is built.  Mapping a grant replaces one 4 KiB
 page of that VMM mapping with the granter's page (its memfd at its offset);
 KVM's MMU notifier drops the old translation before ``mmap`` returns, so the
 guest sees the new page on its next access and no memslot ioctl is made
-(measured here: ~100 us to map, ~55 us to unmap, against ~7 ms for a
-memslot added at run time).  Unmapping puts the window's own page back.
+(a memslot added at run time costs milliseconds here: bench/memslot; the
+host side of a grant map, remap included, is timed by bench/grant).  Unmapping puts the window's own page back.
 Python's ``mmap`` module cannot map at a chosen address, so this calls
 libc's ``mmap`` through ctypes.
 """

@@ -249,6 +249,24 @@ class Vchan:
         space = (self.write_size - used) & 0xFFFFFFFF
         return 0 if space > self.write_size else space
 
+    def _readable(self, want: int) -> int:
+        """Bytes readable; if fewer than *want*, ask to be told of more and
+        look again (a write between the two reads would otherwise be missed:
+        libxenvchan's fast_get_data_ready)."""
+        avail = self._data_ready()
+        if avail < want:
+            self._request_notify(VCHAN_NOTIFY_WRITE)
+            avail = self._data_ready()
+        return avail
+
+    def _writable(self, want: int) -> int:
+        """As :meth:`_readable`, for space in the write ring."""
+        avail = self._space()
+        if avail < want:
+            self._request_notify(VCHAN_NOTIFY_READ)
+            avail = self._space()
+        return avail
+
     def data_ready(self) -> int:
         """Bytes readable now (asks to be told when more arrive)."""
         self._request_notify(VCHAN_NOTIFY_WRITE)
@@ -286,11 +304,7 @@ class Vchan:
         while True:
             if not self.is_open():
                 raise VchanError(32, "vchan peer gone")
-            avail = self._space()
-            if avail < len(mv) - pos:
-                self._request_notify(VCHAN_NOTIFY_READ)
-                avail = self._space()
-            n = min(avail, len(mv) - pos)
+            n = min(self._writable(len(mv) - pos), len(mv) - pos)
             if n:
                 self._put(mv[pos:pos + n])
                 pos += n
@@ -302,10 +316,7 @@ class Vchan:
         """Up to *size* bytes, at least one (blocking) or ``b""`` (non-blocking,
         nothing there); ``b""`` too once the peer is gone and the ring is empty."""
         while True:
-            avail = self._data_ready()
-            if not avail:
-                self._request_notify(VCHAN_NOTIFY_WRITE)
-                avail = self._data_ready()
+            avail = self._readable(1)
             if avail:
                 return self._get(min(avail, size))
             if not self.is_open() or not self.blocking:
@@ -318,10 +329,7 @@ class Vchan:
         mv = memoryview(out).cast("B")
         pos = 0
         while pos < len(mv):
-            avail = self._data_ready()
-            if not avail:
-                self._request_notify(VCHAN_NOTIFY_WRITE)
-                avail = self._data_ready()
+            avail = self._readable(1)
             if avail:
                 pos += self._get_into(mv[pos:pos + min(avail, len(mv) - pos)])
                 continue
