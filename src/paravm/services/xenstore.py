@@ -26,6 +26,7 @@ Guests reach it with hypercall ``xenstore_op`` = 33 (docs/xenstore.md).
 
 from __future__ import annotations
 
+from errno import E2BIG, EACCES, EINVAL, ENOENT, ENOSPC
 import re
 import threading
 import time
@@ -37,7 +38,6 @@ XS_READ, XS_WRITE, XS_RM = 0, 1, 2
 PATH_MAX = 3072
 VALUE_MAX = 4096
 NO_READER = 0x7FF4        # DOMID_INVALID: only the owner (and the host) read it
-ENOENT, EACCES, EINVAL, E2BIG, ENOSPC = 2, 13, 22, 7, 28
 MAX_NODES_PER_DOMAIN = 1000
 
 _PATH = re.compile(r"[A-Za-z0-9/_@.\-]+")

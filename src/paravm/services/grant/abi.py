@@ -44,7 +44,7 @@ GNTTABOP_get_status_frames = 9
 GNTTABOP_get_version = 10
 GNTTABOP_swap_grant_ref = 11
 GNTTABOP_cache_flush = 12
-GNTTABOP_CMD_MASK = 0x7F
+GNTTABOP_CMD_MASK = 0xFFF    # the command; bits above carry a continuation's progress
 
 # --- GNTMAP_* (map op flags) --------------------------------------------------------
 GNTMAP_device_map = 1 << 0
@@ -127,7 +127,3 @@ GNTDEV_DMA_FLAG_COHERENT = 0x2
 GNTDEV_LIMIT = 65536                   # module parameter `limit`: grants per request
 GNTALLOC_FLAG_WRITABLE = 1
 GNTALLOC_LIMIT = 1024                  # module parameter `limit`: pages per host
-#   struct gntdev_grant_copy_segment { union { void *virt; struct { grant_ref_t ref;
-#       uint16_t offset; domid_t domid; } foreign; } source, dest; uint16_t len;
-#       uint16_t flags; int16_t status; };  24
-GNTDEV_COPY_SEGMENT = struct.Struct("<QQHHh2x")

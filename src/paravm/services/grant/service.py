@@ -37,6 +37,7 @@ grants through gntdev (:mod:`.gntdev`).
 from __future__ import annotations
 
 import threading
+from errno import EFAULT, EINVAL, ENOSYS, EPERM, ESRCH
 
 from ...arch.x86 import layout as L
 from ...hypercall.table import HypercallError
@@ -45,11 +46,7 @@ from . import abi as A
 from .table import Frame, GrantError, Grants, GrantTable
 
 HC_GRANT_TABLE_OP = 20
-EPERM, ESRCH, EFAULT, EINVAL, ENOSYS = 1, 3, 14, 22, 38
 MAX_OPS_PER_CALL = 1 << 20       # bounds the VMM's copy of the op array
-# Xen's GNTTABOP_CMD_MASK: the command is the low 12 bits of cmd, the bits
-# above carry a continuation's progress (xen/common/grant_table.c).
-CMD_MASK = (1 << 12) - 1
 
 
 class GrantWindow:
@@ -185,7 +182,7 @@ class GrantService:
     def _op(self, g: _GuestGrants, cmd: int, uop: int, count: int) -> int:
         """GNTTABOP *cmd* on the *count* structs at GPA *uop*: 0 (statuses in
         the structs) or raises :class:`HypercallError` (see the module doc)."""
-        if cmd & ~CMD_MASK:
+        if cmd & ~A.GNTTABOP_CMD_MASK:
             raise HypercallError(EINVAL, "stray bits in cmd")
         if count >= 1 << 31:
             raise HypercallError(EINVAL, "negative count")
