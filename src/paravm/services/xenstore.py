@@ -26,10 +26,10 @@ Guests reach it with hypercall ``xenstore_op`` = 33 (docs/xenstore.md).
 
 from __future__ import annotations
 
-from errno import E2BIG, EACCES, EINVAL, ENOENT, ENOSPC
 import re
 import threading
 import time
+from errno import E2BIG, EACCES, EINVAL, ENOENT, ENOSPC
 
 from ..hypercall.table import HypercallError
 
