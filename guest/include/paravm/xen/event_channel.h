@@ -12,18 +12,9 @@
 
 #include <stdint.h>
 
-#ifndef PARAVM_XEN_DOMID_T
-#define PARAVM_XEN_DOMID_T
-typedef uint16_t domid_t;
-#endif
-typedef uint32_t evtchn_port_t;
+#include "paravm/xen/xen.h"
 
-#ifndef DOMID_FIRST_RESERVED
-#define DOMID_FIRST_RESERVED 0x7FF0
-#define DOMID_SELF           0x7FF0   /* "the calling domain" */
-#define DOMID_IO             0x7FF1
-#define DOMID_INVALID        0x7FF4
-#endif
+typedef uint32_t evtchn_port_t;
 
 /* The hypercall: event_channel_op(cmd, GPA of the cmd's struct) -> 0 or -errno
  * (Xen's __HYPERVISOR_event_channel_op number). */

@@ -13,17 +13,7 @@
 
 #include <stdint.h>
 
-#ifndef PARAVM_XEN_DOMID_T
-#define PARAVM_XEN_DOMID_T
-typedef uint16_t domid_t;
-#endif
-
-#ifndef DOMID_FIRST_RESERVED
-#define DOMID_FIRST_RESERVED 0x7FF0
-#define DOMID_SELF           0x7FF0   /* "the calling domain" */
-#define DOMID_IO             0x7FF1
-#define DOMID_INVALID        0x7FF4
-#endif
+#include "paravm/xen/xen.h"
 
 typedef uint32_t grant_ref_t;      /* index into the granter's table */
 typedef uint32_t grant_handle_t;   /* index into the mapper's maptrack */
