@@ -50,7 +50,8 @@ import weakref
 
 from ...memory import PAGE_SIZE, atomic
 from . import abi as A
-from .gntdev import HostView, _DeviceFile, _err, _uint, check_notify, find_vma
+from .gntdev import (HostView, _DeviceFile, _err, _uint, check_notify, find_vma,
+                     fire_notify_event)
 
 _U16, _U32, _U64 = (1 << 16) - 1, (1 << 32) - 1, (1 << 64) - 1
 _BUSY = A.GTF_reading | A.GTF_writing
@@ -250,13 +251,7 @@ class _AllocFile:
         fr = g.pages.fr
         if g.notify_flags & A.UNMAP_NOTIFY_CLEAR_BYTE and fr.fd >= 0:
             atomic.xchg_u8(fr.hva + g.page * PAGE_SIZE + g.notify_pgoff, 0)
-        if g.notify_flags & A.UNMAP_NOTIFY_SEND_EVENT:
-            evtchn = self.service.evtchn
-            if evtchn is not None:
-                try:
-                    evtchn.send(0, g.notify_port)
-                except Exception:  # noqa: BLE001 - a closed event service must not stop teardown
-                    pass
+        fire_notify_event(self.service, g.notify_flags, g.notify_port)
         g.notify_flags = 0
         self.granter.end_foreign_access(g.ref, lambda: self.page_freed(g))
 

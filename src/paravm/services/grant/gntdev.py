@@ -551,13 +551,7 @@ class _File:
             m.frames[i] = None
         if m.view is not None:
             m.view.close()
-        if m.notify_flags & A.UNMAP_NOTIFY_SEND_EVENT:
-            evtchn = self.service.evtchn
-            if evtchn is not None:
-                try:
-                    evtchn.send(0, m.notify_port)
-                except Exception:  # noqa: BLE001 - a closed event service must not stop teardown
-                    pass
+        fire_notify_event(self.service, m.notify_flags, m.notify_port)
         m.notify_flags = 0
 
     def end_export(self, exp) -> None:
@@ -1123,6 +1117,17 @@ def find_vma(vmas: list, target):
     if isinstance(target, int) and not isinstance(target, bool):
         return next((v for v in vmas if v.index == target), None)
     raise _err(errno.EINVAL, f"munmap of {type(target).__name__}")
+
+
+def fire_notify_event(service, flags: int, port: int) -> None:
+    """The SEND_EVENT half of an unmap notification (if *flags* has it):
+    an event on host port *port*; a closed event service is ignored, as
+    teardown must go on."""
+    if flags & A.UNMAP_NOTIFY_SEND_EVENT and service.evtchn is not None:
+        try:
+            service.evtchn.send(0, port)
+        except Exception:  # noqa: BLE001 - a closed event service must not stop teardown
+            pass
 
 
 def check_notify(service, action: int, port: int) -> None:
