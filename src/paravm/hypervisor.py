@@ -61,6 +61,7 @@ class Hypervisor:
         self.grant = None        # paravm.services.grant.service.GrantService, with [domain.xen]
         self.evtchn = None       # paravm.services.evtchn.service.EvtchnService, with [domain.xen]
         self.xenstore = None     # paravm.services.xenstore.XenStore, with [domain.xen]
+        self.pvz = None          # paravm.services.pvz.service.PvzService, with [pvz]
         self._base_regions: dict[str, tuple] = {}   # a manifest domain's IVC and lguest regions
 
     @property
@@ -123,7 +124,7 @@ class Hypervisor:
             dom = Domain(name=name, domid=domid, image=img, memory_bytes=memory_bytes,
                          nr_vcpus=vcpus, args=tuple(args), vm=vm, machine=self.machine,
                          sink=self.output, timing=self.timing, on_stop=self._domain_stopped,
-                         cpus=cpus, regions=regions)
+                         cpus=cpus, regions=regions, on_start=self._domain_starting)
         except BaseException:
             vm.close()
             raise
@@ -158,9 +159,12 @@ class Hypervisor:
                 self._images[key] = img
         return img
 
-    def create_from_manifest(self, manifest) -> list[Domain]:
+    def create_from_manifest(self, manifest, *, pvz_device=None) -> list[Domain]:
         """Every domain of a :class:`paravm.config.Manifest`, with its IVC
-        queues (shared areas mapped, info pages, doorbells wired)."""
+        queues (shared areas mapped, info pages, doorbells wired), lguest
+        devices, Xen services and PVZ connection.  *pvz_device*:
+        ``fn(PvzService) -> PvzSystem``, the host driver's system layer behind
+        the PVZ server (default: the example GPU, docs/pvz.md)."""
         if manifest.ivc or manifest.ivc_mempool:
             from .services.ivc.vmm import IvcService
             self.ivc = IvcService(self.machine, manifest.ivc,
@@ -177,11 +181,17 @@ class Hypervisor:
             from .services.xenstore import XenStore
             self.grant = GrantService(self.machine, manifest.domains, evtchn=self.evtchn)
             self.xenstore = XenStore(manifest.domains)
+        if manifest.pvz is not None:
+            from .services.pvz.service import PvzService
+            self.pvz = PvzService(self.machine, manifest.pvz, manifest.domains,
+                                  device=pvz_device)
         made = []
         for spec in manifest.domains:
             regions = self.ivc.regions(spec.name) if self.ivc else ()
             if self.lguest:
                 regions += self.lguest.regions(spec.name)
+            if self.pvz:
+                regions += self.pvz.regions(spec.name)
             self._base_regions[spec.name] = regions
             dom = self.create_from_spec(spec, regions + self._instance_regions(spec.name))
             self._attach_services(dom)
@@ -200,8 +210,8 @@ class Hypervisor:
         return regions
 
     def _services(self) -> tuple:
-        return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant, self.xenstore)
-                     if s is not None)
+        return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant, self.xenstore,
+                                 self.pvz) if s is not None)
 
     def _attach_services(self, dom: Domain) -> None:
         for svc in self._services():
@@ -241,10 +251,22 @@ class Hypervisor:
             dom.start()
         return dom
 
+    def _domain_starting(self, domain: Domain) -> None:
+        for svc in self._services():
+            starting = getattr(svc, "domain_starting", None)
+            if starting is None:
+                continue
+            try:
+                starting(domain)
+            except Exception as e:  # noqa: BLE001 - a start goes on; the service says why
+                domain.console.write(f"[paravm] start-up of {type(svc).__name__} failed: "
+                                     f"{e}\n".encode())
+
     def _domain_stopped(self, domain: Domain) -> None:
-        # Grants first: a dying domain's mappings go before its event
+        # PVZ first: the firmware lets go of a dying guest's heap at once.
+        # Grants next: a dying domain's mappings go before its event
         # channels close (an unmap notification may still be sent).
-        for svc in (self.grant, self.ivc, self.lguest, self.evtchn, self.xenstore):
+        for svc in (self.pvz, self.grant, self.ivc, self.lguest, self.evtchn, self.xenstore):
             if svc is None:
                 continue
             try:
@@ -294,7 +316,7 @@ class Hypervisor:
                 errors.append(str(e))
         if self._loop is not None:
             self._loop.close()
-        for svc in (self.ivc, self.lguest, self.grant, self.evtchn, self.xenstore):
+        for svc in (self.pvz, self.ivc, self.lguest, self.grant, self.evtchn, self.xenstore):
             if svc is not None:
                 svc.close()
         self.machine.close()

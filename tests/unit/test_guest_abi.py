@@ -47,6 +47,8 @@ def c_define(name: str) -> int:
     ("PV_VEC_USER_FIRST", L.VEC_USER_FIRST),
     ("PV_VEC_USER_LAST", L.VEC_USER_LAST),
     ("PV_VEC_SPURIOUS", L.VEC_SPURIOUS),
+    ("PV_PVZ_FW_CARVEOUT_GPA", L.PVZ_FW_CARVEOUT_GPA),
+    ("PV_PVZ_GPU_CARVEOUT_GPA", L.PVZ_GPU_CARVEOUT_GPA),
 ])
 def test_shared_constant_agrees(c_name, value):
     assert c_define(c_name) == value
@@ -63,12 +65,14 @@ class BootInfo(ctypes.Structure):
                 ("xen_shared_info", ctypes.c_uint64), ("grant_window", ctypes.c_uint64),
                 ("grant_window_ro", ctypes.c_uint64), ("grant_window_pages", ctypes.c_uint32),
                 ("evtchn_vector", ctypes.c_uint32),
-                ("reserved", ctypes.c_uint8 * (0x100 - 0x88)),
+                ("pvz", ctypes.c_uint32), ("pvz_fw_origin", ctypes.c_uint32),
+                ("pvz_fw_heap_size", ctypes.c_uint64),
+                ("reserved", ctypes.c_uint8 * (0x100 - 0x98)),
                 ("args", ctypes.c_char * 2048)]
 
 
 def test_boot_info_offsets_match_the_c_struct():
-    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0x88];" in HEADER
+    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0x98];" in HEADER
     for field, off in [("magic", L.BI_OFF_MAGIC), ("version", L.BI_OFF_VERSION),
                        ("domid", L.BI_OFF_DOMID), ("nr_vcpus", L.BI_OFF_NR_VCPUS),
                        ("ram_size", L.BI_OFF_RAM_SIZE), ("heap_start", L.BI_OFF_HEAP_START),
@@ -80,6 +84,8 @@ def test_boot_info_offsets_match_the_c_struct():
                        ("grant_window_ro", L.BI_OFF_GRANT_WINDOW_RO),
                        ("grant_window_pages", L.BI_OFF_GRANT_WINDOW_PAGES),
                        ("evtchn_vector", L.BI_OFF_EVTCHN_VECTOR),
+                       ("pvz", L.BI_OFF_PVZ), ("pvz_fw_origin", L.BI_OFF_PVZ_FW_ORIGIN),
+                       ("pvz_fw_heap_size", L.BI_OFF_PVZ_FW_HEAP_SIZE),
                        ("args", L.BI_OFF_ARGS)]:
         assert getattr(BootInfo, field).offset == off, field
     assert BootInfo.args.size == L.BI_ARGS_MAX

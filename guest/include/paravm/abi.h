@@ -33,6 +33,8 @@
 #define PV_RESERVED_END     0x100000
 #define PV_MAX_VCPUS        32
 #define PV_LAPIC_BASE       0xFEE00000
+#define PV_PVZ_FW_CARVEOUT_GPA  0xF4000000  /* + OSID * size: a PVZ guest's FW heap slice */
+#define PV_PVZ_GPU_CARVEOUT_GPA 0xF8000000  /* + OSID * size: its GPU heap slice */
 
 #define PV_BI_MAGIC         0x49425650
 #define PV_IMAGE_MAGIC      0x4D495650
@@ -70,7 +72,10 @@ struct pv_boot_info {
     uint64_t grant_window_ro;    /* GPA of the read-only grant window */
     uint32_t grant_window_pages; /* pages in each window */
     uint32_t evtchn_vector;      /* the event channel upcall vector */
-    uint8_t reserved[0x100 - 0x88];
+    uint32_t pvz;                /* 1: a PVZ connection (paravm/pvz.h) */
+    uint32_t pvz_fw_origin;      /* PVRSRV_DEVICE_PHYS_HEAP_ORIGIN_* of the FW heap */
+    uint64_t pvz_fw_heap_size;   /* RGX_FIRMWARE_HEAP_SIZE, bytes */
+    uint8_t reserved[0x100 - 0x98];
     char args[2048];
 };
 

@@ -38,6 +38,8 @@ __all__ = [
     "IvcSpec",
     "Manifest",
     "NetSpec",
+    "PvzSpec",
+    "DomainPvzSpec",
     "XenSpec",
     "ManifestError",
     "load_manifest",
@@ -50,6 +52,9 @@ VCPUS_DEFAULT = 1
 IVC_ID_MAX = 0xFFFF
 IVC_MEMPOOL_MAX = 1 << 30   # bytes per mempool
 LGUEST_MAX_DEVICES = 16
+PVZ_NUM_OS = 8              # RGXFW_NUM_OS: OSIDs 1..7 are guests'
+PVZ_HEAP_MAX = 8 << 20      # bytes per OSID (RGX_FW_HEAP_SHIFT 23, the DDK's value under VZ)
+PVZ_PRIORITY_MAX = (1 << 30) - 1
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
 # fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
@@ -122,6 +127,8 @@ class DomainSpec(msgspec.Struct, frozen=True):
             lguest irq *i* + 1); at most 16, at most one console.
         xen: the Xen services (grant table, grant windows, event channels) of a
             ``[domain.xen]`` table, or ``None`` when the domain has none.
+        pvz: the domain's PVZ identity (``[domain.pvz]``: OSID and priority), or
+            ``None`` when it has no PVZ connection.
     """
 
     name: str
@@ -132,6 +139,7 @@ class DomainSpec(msgspec.Struct, frozen=True):
     args: tuple[str, ...]
     devices: tuple[ConsoleSpec | BlockSpec | NetSpec, ...] = ()
     xen: "XenSpec | None" = None
+    pvz: "DomainPvzSpec | None" = None
 
     @property
     def memory_bytes(self) -> int:
@@ -157,6 +165,42 @@ class XenSpec(msgspec.Struct, frozen=True):
     max_maptrack_frames: int = 1024
     grant_window_pages: int = 4096
     max_evtchn_ports: int = 4096
+
+
+class DomainPvzSpec(msgspec.Struct, frozen=True):
+    """A ``[domain.pvz]`` table, checked: the domain is a PVZ guest.
+
+    Attributes:
+        osid: 1..7, unique; the VMM stamps it on every PVZ call of the domain
+            (a guest never chooses it).
+        priority: 0..2^30-1, given to OnVmOnline when the domain starts; a
+            higher number is a higher scheduling priority (the DDK's rule).
+    """
+
+    osid: int
+    priority: int = 0
+
+
+class PvzSpec(msgspec.Struct, frozen=True):
+    """The ``[pvz]`` table, checked: the host driver's PVZ configuration
+    (docs/pvz.md).
+
+    Attributes:
+        origin: ``"guest"`` (each guest allocates its firmware heap in its RAM and
+            maps it with MapDevPhysHeap: the DDK's dynamic default) or ``"host"``
+            (the host carves out every OSID's firmware heap at start: static).
+        fw_heap_size: bytes of each OSID's firmware heap (RGX_FIRMWARE_HEAP_SIZE),
+            a multiple of 4096, 64 KiB..8 MiB (default 8 MiB, the DDK's under VZ).
+        gpu_heap_size: bytes of each OSID's GPU heap slice in a host carve-out, a
+            multiple of 4096, 0..8 MiB; 0 (default): no carve-out (UMA).
+        hcs_deadline_ms: the firmware's hard context switch deadline
+            (VMMConfigure HCS_DEADLINE), default 0xFFFFFFFF (none), the DDK's.
+    """
+
+    origin: str = "guest"
+    fw_heap_size: int = PVZ_HEAP_MAX
+    gpu_heap_size: int = 0
+    hcs_deadline_ms: int = 0xFFFFFFFF
 
 
 class IvcSpec(msgspec.Struct, frozen=True):
@@ -210,6 +254,7 @@ class Manifest(msgspec.Struct, frozen=True):
     domains: tuple[DomainSpec, ...]
     ivc: tuple[IvcSpec, ...] = ()
     ivc_mempool: tuple[IvcMempoolSpec, ...] = ()
+    pvz: PvzSpec | None = None
 
     def domain(self, name: str) -> DomainSpec:
         """The domain called *name*; raises KeyError if there is none."""
@@ -283,6 +328,19 @@ class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
     args: tuple[str, ...] = ()
     device: tuple[_RawConsole | _RawBlock | _RawNet, ...] = ()
     xen: "_RawXen | None" = None
+    pvz: "_RawDomainPvz | None" = None
+
+
+class _RawDomainPvz(msgspec.Struct, forbid_unknown_fields=True):
+    osid: Annotated[int, msgspec.Meta(ge=1, le=PVZ_NUM_OS - 1)]
+    priority: Annotated[int, msgspec.Meta(ge=0, le=PVZ_PRIORITY_MAX)] = 0
+
+
+class _RawPvz(msgspec.Struct, forbid_unknown_fields=True):
+    origin: str = "guest"
+    fw_heap_size: Annotated[int, msgspec.Meta(ge=64 * 1024, le=PVZ_HEAP_MAX)] = PVZ_HEAP_MAX
+    gpu_heap_size: Annotated[int, msgspec.Meta(ge=0, le=PVZ_HEAP_MAX)] = 0
+    hcs_deadline_ms: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 0xFFFFFFFF
 
 
 class _RawXen(msgspec.Struct, forbid_unknown_fields=True):
@@ -310,6 +368,7 @@ class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
     domain: tuple[_RawDomain, ...] = ()
     ivc: tuple[_RawIvc, ...] = ()
     ivc_mempool: tuple[_RawIvcMempool, ...] = ()
+    pvz: _RawPvz | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +398,8 @@ def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
         ctx.fail("", "values nested too deeply")
     domains = _build_domains(raw.domain, ctx)
     return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx),
-                    ivc_mempool=_build_mempools(raw.ivc_mempool, domains, ctx))
+                    ivc_mempool=_build_mempools(raw.ivc_mempool, domains, ctx),
+                    pvz=_build_pvz(raw.pvz, raw.domain, ctx))
 
 
 def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
@@ -366,9 +426,32 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
                 args=_guest_args(raw.args, f"{key}.args", ctx),
                 devices=_devices(raw, key, ctx),
                 xen=None if raw.xen is None else XenSpec(**msgspec.structs.asdict(raw.xen)),
+                pvz=None if raw.pvz is None else DomainPvzSpec(raw.pvz.osid, raw.pvz.priority),
             )
         )
     return tuple(specs)
+
+
+def _build_pvz(raw: _RawPvz | None, domains: tuple[_RawDomain, ...],
+               ctx: _Context) -> PvzSpec | None:
+    osids: dict[int, int] = {}
+    for i, d in enumerate(domains):
+        if d.pvz is None:
+            continue
+        if raw is None:
+            ctx.fail(f"domain[{i}].pvz", "a PVZ guest needs the [pvz] table")
+        if d.pvz.osid in osids:
+            ctx.fail(f"domain[{i}].pvz.osid", f"OSID {d.pvz.osid} is taken by "
+                     f"domain[{osids[d.pvz.osid]}]")
+        osids[d.pvz.osid] = i
+    if raw is None:
+        return None
+    if raw.origin not in ("guest", "host"):
+        ctx.fail("pvz.origin", f"must be \"guest\" or \"host\", got {raw.origin!r}")
+    for key in ("fw_heap_size", "gpu_heap_size"):
+        if getattr(raw, key) % 4096:
+            ctx.fail(f"pvz.{key}", "must be a multiple of 4096")
+    return PvzSpec(raw.origin, raw.fw_heap_size, raw.gpu_heap_size, raw.hcs_deadline_ms)
 
 
 def _devices(raw: _RawDomain, key: str, ctx: _Context) -> tuple:

@@ -74,6 +74,39 @@ class FrameRange:
     def __repr__(self) -> str:
         return f"FrameRange({self.name!r}, mfn={self.mfn:#x}, nframes={self.nframes})"
 
+    def part(self, index: int, nframes: int) -> "FramePart":
+        """Frames ``index .. index + nframes - 1`` of this range, usable
+        wherever a range is mapped (a memslot, a guest memory region);
+        ``ValueError`` if they are not all in it.  It lives as long as the
+        range does."""
+        if index < 0 or nframes < 1 or index + nframes > self.nframes:
+            raise ValueError(f"{self.name}: no frames {index}..{index + nframes - 1}")
+        return FramePart(self, index, nframes)
+
+
+class FramePart:
+    """Part of a :class:`FrameRange` (see :meth:`FrameRange.part`): the
+    same attributes, for the frames it covers."""
+
+    __slots__ = ("range", "index", "mfn", "nframes", "name", "hva")
+
+    def __init__(self, fr: FrameRange, index: int, nframes: int) -> None:
+        self.range, self.index = fr, index
+        self.mfn, self.nframes = fr.mfn + index, nframes
+        self.name = f"{fr.name}[{index}:{index + nframes}]"
+        self.hva = fr.hva + index * PAGE_SIZE
+
+    @property
+    def buffer(self) -> memoryview:
+        """A new view of these frames (its taker releases it, so the
+        range's mapping can close)."""
+        return self.range.buffer[self.index * PAGE_SIZE:(self.index + self.nframes) * PAGE_SIZE]
+
+    @property
+    def size(self) -> int:
+        """Bytes."""
+        return self.nframes * PAGE_SIZE
+
 
 class MachineMemory:
     """Allocator of machine frames.  Thread-safe."""

@@ -78,7 +78,7 @@ class Domain:
                  nr_vcpus: int, args: tuple[str, ...], vm: VmBackend,
                  machine: MachineMemory, sink: Sink | None, timing: bool = False,
                  on_stop=None, cpus: list[int] | None = None,
-                 regions: tuple = ()) -> None:
+                 regions: tuple = (), on_start=None) -> None:
         self.name, self.domid, self.image = name, domid, image
         self.nr_vcpus, self.args = nr_vcpus, args
         self.t_create_ns = time.perf_counter_ns()
@@ -101,6 +101,7 @@ class Domain:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._on_stop = on_stop
+        self._on_start = on_start
         self._closers: list = []     # called in reverse order by destroy()
         self._irqfds: set[Irqfd] = set()
         self._destroyed = False
@@ -159,12 +160,16 @@ class Domain:
 
     # --- running ------------------------------------------------------------------
     def start(self) -> None:
-        """Start every vCPU thread; ``RuntimeError`` unless the domain is new."""
+        """Start every vCPU thread; ``RuntimeError`` unless the domain is new.
+        The *on_start* callback (services that learn of a start: PVZ's
+        OnVmOnline) runs first, before the guest's first instruction."""
         with self._lock:
             if self.state is not DomainState.CREATED:
                 raise RuntimeError(f"domain {self.name} is {self.state.value}")
             self.state = DomainState.RUNNING
             self.t_start_ns = time.perf_counter_ns()
+        if self._on_start is not None:
+            self._on_start(self)
         for v in self.vcpus:
             v.start()
 

@@ -25,6 +25,9 @@ numbers; ``tests/unit/test_guest_abi.py`` checks that both agree).
     0xF0010000 grant table frames, up to 256 (services/grant)
     0xF1000000 read-write grant window, up to 16 MiB (services/grant)
     0xF2000000 read-only grant window (KVM_MEM_READONLY), up to 16 MiB
+    0xF4000000 PVZ firmware heap carve-out slices (services/pvz)
+    0xF8000000 PVZ GPU heap carve-out slices
+    0xFC000000 PVZ GPU registers (MMIO, devices/pvzgpu)
     0xFEE00000 local APIC (in-kernel; no memslot)
 """
 
@@ -61,6 +64,15 @@ GRANT_WINDOW_RO_GPA = 0xF2000000
 GRANT_WINDOW_MAX_PAGES = 4096
 VEC_EVTCHN = 0xE0        # event channel upcall (lguest has 0xC0..0xDF, IVC 0x40..0xBF)
 
+# PVZ (specs/ivc-lguest-pvz.md part C): host carve-outs are mapped into each
+# guest one OSID slice at a time, at base + OSID * slice size, so a guest's
+# slice has the GPA the host reports for it.
+PVZ_FW_CARVEOUT_GPA = 0xF4000000    # 8 slices of up to PVZ_HEAP_MAX
+PVZ_GPU_CARVEOUT_GPA = 0xF8000000   # 8 slices of up to PVZ_HEAP_MAX
+PVZ_HEAP_MAX = 8 << 20
+PVZ_REGS_GPA = 0xFC000000           # the GPU's register bank (MMIO, no memslot)
+VEC_PVZ_GPU = 0xE1
+
 # GDT selectors
 SEL_KERNEL_CS = 0x08
 SEL_KERNEL_DS = 0x10
@@ -96,6 +108,9 @@ BI_OFF_GRANT_WINDOW = 0x70     # GPA of the read-write grant window
 BI_OFF_GRANT_WINDOW_RO = 0x78  # GPA of the read-only grant window
 BI_OFF_GRANT_WINDOW_PAGES = 0x80   # u32: pages in each window
 BI_OFF_EVTCHN_VECTOR = 0x84    # u32: the event channel upcall vector
+BI_OFF_PVZ = 0x88              # u32: 1 if the domain has a PVZ connection
+BI_OFF_PVZ_FW_ORIGIN = 0x8C    # u32: PVRSRV_DEVICE_PHYS_HEAP_ORIGIN_* of the FW heap
+BI_OFF_PVZ_FW_HEAP_SIZE = 0x90  # u64: RGX_FIRMWARE_HEAP_SIZE, bytes
 BI_OFF_ARGS = 0x100
 BI_ARGS_MAX = 2048
 

@@ -1,0 +1,1 @@
+"""The PowerVR PVZ connection: host driver server, VMM dispatch, ABI (docs/pvz.md)."""
