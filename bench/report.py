@@ -84,6 +84,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     out += _ivc_rows()
     out += _lguest_rows()
     out += _grant_rows()
+    out += _pvz_rows()
     return out
 
 
@@ -176,6 +177,25 @@ def _grant_rows() -> list[tuple[str, str, str, str, str]]:
                 f"{v['vchan']['median']:.0f} MB/s",
                 f"`os.pipe` between two host processes: {v['os.pipe']['median']:.0f} MB/s",
                 f"{v['ratio']['vchan/os.pipe']:.2f}x", "—"))
+    return out
+
+
+def _pvz_rows() -> list[tuple[str, str, str, str, str]]:
+    pv = _load("pvz")
+    if not pv:
+        return []
+    c = pv["call_roundtrip_us"]
+    out = [("PVZ call round trip (DestroyDevConfig) (`pvz`)", f"{c['pvz_call']['median']:.0f} us",
+            f"bare hypercall (`HC_NOP`): {c['nop']['median']:.0f} us",
+            f"{c['ratio']['pvz_call/nop']:.2f}x", "—")]
+    cmd = pv["commands_per_s"]
+    kib = cmd["fill_bytes"] >> 10
+    for key, label in (("equal", "equal priorities"), ("prio 4 vs 1", "priorities 4 vs 1")):
+        d = cmd[key]
+        out.append((f"example GPU, two guests' {kib} KiB FILLs/s, {label}",
+                    f"OSID 1: {d['osid1']['median'] / 1e3:.1f} k/s",
+                    f"OSID 2: {d['osid2']['median'] / 1e3:.1f} k/s",
+                    f"OSID 1 share {d['share_osid1']:.2f}", "—"))
     return out
 
 

@@ -9,8 +9,9 @@
  *   pvz crash       bring the GPU up, queue work, print "UP", then fault
  *   pvz spin SECS   bring the GPU up, then run checksums for SECS seconds, checking
  *                   each; print "RESULT n=N"; exit 0
- *   pvz loop N      bring the GPU up, print "UP", then N batches of 16 small fills
- *                   (bench/pvz); print "RESULT cmds=N ns=T"
+ *   pvz loop SECS LEN  bring the GPU up, print "UP", then keep its queue full of
+ *                   fills of LEN bytes for SECS seconds (bench/pvz); print
+ *                   "RESULT cmds=N ns=T" (N: commands the firmware completed)
  *   pvz calls N     N DestroyDevConfig round trips, then N bare hypercalls
  *                   (bench/pvz): "RESULT pvz_ns=A nop_ns=B"
  *   pvz noconn      without a PVZ connection: every call NOT_IMPLEMENTED; exit 0 */
@@ -63,6 +64,10 @@ static int work(void)
     pvz_gpu_kick(&gpu);
     CHECK(pvz_gpu_wait_idle(&gpu, 5000000000ull) == 0);
     CHECK(gpu.fw[a + 64 * 39] == 39);
+    /* The queue drained, so the done interrupt was raised: it may still be
+     * on its way (idle was seen in memory first). */
+    for (int i = 0; i < 100 && !gpu.irqs; i++)
+        pv_wait(10000000);
     CHECK(gpu.irqs > 0 && (gpu.irq_bits & PVZ_GPU_IRQ_DONE));
     if (gpu.gpu) {          /* a host GPU carve-out: copy into it and read it back */
         struct pvz_gpu_cmd g = {.op = PVZ_GPU_OP_COPY, .flags = PVZ_GPU_FLAG_DST_GPU,
@@ -210,25 +215,35 @@ static int spin(long secs)
     return 0;
 }
 
-static int loop(long batches)
+static int loop(long secs, long len)
 {
     if (up())
         return 10;
     printf("UP\n");
-    uint64_t t0 = pv_clock_ns();
-    long cmds = 0;
-    for (long b = 0; b < batches; b++) {
-        for (int i = 0; i < 16; i++) {
-            struct pvz_gpu_cmd f = {.op = PVZ_GPU_OP_FILL,
-                                    .dst = PVZ_GPU_DATA_OFFSET + 256 * (uint64_t)i,
-                                    .len = 256, .value = (uint32_t)b};
-            CHECK(pvz_gpu_submit(&gpu, &f) >= 0);
+    CHECK(len > 0 && PVZ_GPU_DATA_OFFSET + (uint64_t)len <= gpu.fw_size);
+    uint32_t done0 = pvz_gpu_reg(&gpu, PVZ_GPU_REG_COMPLETED);
+    uint64_t t0 = pv_clock_ns(), end = t0 + (uint64_t)secs * 1000000000ull;
+    long n = 0;
+    while (pv_clock_ns() < end) {
+        /* Keep the queue full: an interrupt every 16 commands says to refill. */
+        int queued = 0;
+        for (;;) {
+            struct pvz_gpu_cmd f = {.op = PVZ_GPU_OP_FILL, .dst = PVZ_GPU_DATA_OFFSET,
+                                    .len = (uint64_t)len, .value = (uint32_t)n,
+                                    .flags = n % 16 == 15 ? PVZ_GPU_FLAG_IRQ : 0};
+            if (pvz_gpu_submit(&gpu, &f) < 0)
+                break;
+            n++;
+            queued++;
         }
-        pvz_gpu_kick(&gpu);
-        CHECK(pvz_gpu_wait_idle(&gpu, 60000000000ull) == 0);
-        cmds += 16;
+        if (queued)
+            pvz_gpu_kick(&gpu);
+        pv_wait(10000000);
     }
-    printf("RESULT cmds=%ld ns=%lu\n", cmds, (unsigned long)(pv_clock_ns() - t0));
+    uint64_t ns = pv_clock_ns() - t0;
+    uint32_t done = pvz_gpu_reg(&gpu, PVZ_GPU_REG_COMPLETED) - done0;
+    printf("RESULT cmds=%u ns=%lu\n", done, (unsigned long)ns);
+    CHECK(pvz_gpu_wait_idle(&gpu, 60000000000ull) == 0);
     return 0;
 }
 
@@ -274,8 +289,8 @@ int main(int argc, char **argv)
         return crash();
     if (!strcmp(argv[1], "spin") && argc > 2)
         return spin(strtol(argv[2], 0, 10));
-    if (!strcmp(argv[1], "loop") && argc > 2)
-        return loop(strtol(argv[2], 0, 10));
+    if (!strcmp(argv[1], "loop") && argc > 3)
+        return loop(strtol(argv[2], 0, 10), strtol(argv[3], 0, 10));
     if (!strcmp(argv[1], "calls") && argc > 2)
         return calls(strtol(argv[2], 0, 10));
     if (!strcmp(argv[1], "noconn"))

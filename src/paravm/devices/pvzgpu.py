@@ -62,6 +62,7 @@ offset past the mask) only sets the error bit for that OSID.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 import threading
 import zlib
@@ -95,8 +96,8 @@ _U32 = struct.Struct("<I")
 class _Os:
     """The firmware's view of one OSID."""
 
-    __slots__ = ("osid", "online", "priority", "fw", "gpu", "read", "kicked", "irq_status",
-                 "irq_enable", "irqfd", "completed", "errors", "broken")
+    __slots__ = ("osid", "online", "priority", "fw", "gpu", "fw_addr", "gpu_addr", "read",
+                 "kicked", "irq_status", "irq_enable", "irqfd", "completed", "errors", "broken")
 
     def __init__(self, osid: int) -> None:
         self.osid = osid
@@ -104,6 +105,7 @@ class _Os:
         self.priority = 0
         self.fw: memoryview | None = None      # the firmware heap
         self.gpu: memoryview | None = None     # the GPU heap slice (host carve-out)
+        self.fw_addr = self.gpu_addr = 0       # their VMM addresses, for ctypes
         self.read = 0                          # the firmware's own read offset
         self.kicked = False
         self.irq_status = 0
@@ -148,9 +150,11 @@ class PvzGpu(PvzSystem):
         for os_ in self._os[1:]:
             if fw_carveout is not None:
                 os_.fw = fw_carveout.buffer[os_.osid * fw_heap_size:(os_.osid + 1) * fw_heap_size]
+                os_.fw_addr = fw_carveout.hva + os_.osid * fw_heap_size
             if gpu_carveout is not None:
                 os_.gpu = gpu_carveout.buffer[os_.osid * gpu_heap_size:
                                               (os_.osid + 1) * gpu_heap_size]
+                os_.gpu_addr = gpu_carveout.hva + os_.osid * gpu_heap_size
 
     # --- PvzSystem ----------------------------------------------------------------------
     def dev_config(self) -> DevConfig:
@@ -200,6 +204,7 @@ class PvzGpu(PvzSystem):
             if os_.fw is not None:
                 return A.PVRSRV_ERROR_DEVICEMEM_ALREADY_MAPPED
             os_.fw = fr.buffer[off:off + size]
+            os_.fw_addr = fr.hva + off
             os_.read, os_.broken = 0, False
         return A.PVRSRV_OK
 
@@ -209,7 +214,7 @@ class PvzGpu(PvzSystem):
             os_ = self._os[osid]
             if os_.fw is not None and self.fw_carveout is None:
                 os_.fw.release()
-                os_.fw = None
+                os_.fw, os_.fw_addr = None, 0
 
     # --- domains ----------------------------------------------------------------------------
     def attach(self, domain, osid: int) -> None:
@@ -348,11 +353,13 @@ class PvzGpu(PvzSystem):
         if bits:
             self._raise(o, bits)
 
-    def _operand(self, o: _Os, gpu: bool, off: int, length: int) -> memoryview | None:
+    def _operand(self, o: _Os, gpu: bool, off: int, length: int) -> int | None:
+        """The VMM address of [off, off+length) of a heap, or None if it is
+        not all inside."""
         heap = o.gpu if gpu else o.fw
         if heap is None or off > len(heap) or length > len(heap) - off:
             return None
-        return heap[off:off + length]
+        return (o.gpu_addr if gpu else o.fw_addr) + off
 
     def _run(self, o: _Os, op: int, flags: int, dst: int, src: int, length: int,
              value: int) -> tuple[int, int]:
@@ -360,24 +367,28 @@ class PvzGpu(PvzSystem):
             return ST_BAD, 0
         if op == OP_NOP:
             return ST_DONE, 0
+        # Bulk work goes through ctypes' memmove / memset and zlib, which
+        # let go of the GIL: vCPU threads handle their exits meanwhile.
         if op == OP_FILL:
             d = self._operand(o, bool(flags & FLAG_DST_GPU), dst, length)
             if d is None:
                 return ST_FAULT, 0
-            d[:] = (_U32.pack(value) * (length // 4 + 1))[:length]
+            ctypes.memmove(d, _U32.pack(value) * (length // 4 + 1), length)
             return ST_DONE, 0
         if op == OP_COPY:
             d = self._operand(o, bool(flags & FLAG_DST_GPU), dst, length)
             s = self._operand(o, bool(flags & FLAG_SRC_GPU), src, length)
             if d is None or s is None:
                 return ST_FAULT, 0
-            d[:] = bytes(s)        # a copy first: the two may overlap
+            ctypes.memmove(d, s, length)        # overlap allowed
             return ST_DONE, 0
         if op == OP_CHECKSUM:
             s = self._operand(o, bool(flags & FLAG_SRC_GPU), src, length)
             if s is None:
                 return ST_FAULT, 0
-            return ST_DONE, zlib.crc32(s)
+            heap = o.gpu if flags & FLAG_SRC_GPU else o.fw
+            base = o.gpu_addr if flags & FLAG_SRC_GPU else o.fw_addr
+            return ST_DONE, zlib.crc32(heap[s - base:s - base + length])
         return ST_BAD, 0
 
     def _raise(self, o: _Os, bits: int) -> None:
