@@ -160,3 +160,20 @@ def test_a_guest_without_pvz_gets_not_implemented(tmp_path, pvz_elf):
         plain, g = run_all(hv, m)
         assert plain.result.status == 0 and "RESULT noconn" in plain.console.text, plain.console.text
         assert g.result.status == 0, g.console.text
+
+
+def test_the_pvz_example_runs_and_the_higher_priority_gets_the_gpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(["make", "-s", "-C", str(repo / "examples")], check=True)
+    p = subprocess.run([sys.executable, "-m", "paravm.cli.main", "run",
+                        str(repo / "examples/pvz/pvz.toml")], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    done = {name: int(n) for name, n in
+            re.findall(r"(\w+)\| (\d+) commands in 1 s while sharing the GPU; GPU checksum "
+                       r"[0-9a-f]{8} matches the CPU's", p.stdout)}
+    assert set(done) == {"render", "batch"}, p.stdout
+    assert done["render"] > done["batch"], p.stdout
