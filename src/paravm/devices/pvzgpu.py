@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import sys
 import threading
 import zlib
 
@@ -299,7 +300,13 @@ class PvzGpu(PvzSystem):
                     return
                 o = self._pick()
                 if o is not None:
-                    self._step(o)
+                    try:
+                        self._step(o)
+                    except Exception as e:  # noqa: BLE001 - one OSID's queue, not the device
+                        o.broken = True
+                        o.errors += 1
+                        sys.stderr.write(f"paravm: pvz-gpu: OSID {o.osid}: {type(e).__name__}: "
+                                         f"{e}\n")
             if o is None:
                 self._wake.wait()
 
