@@ -58,8 +58,7 @@ PVRSRV_ERROR pvz_gpu_init(struct pvz_gpu *g, uint32_t slots)
     g->ctl->write_offset = 0;
     g->ctl->wrap_mask = slots - 1;
     g->ctl->cmd_size = sizeof(struct pvz_gpu_cmd);
-    int r = pv_irq_register(g->irq, gpu_irq, g);
-    if (r < 0 && r != -PV_EBUSY)
+    if (pv_irq_register(g->irq, gpu_irq, g) < 0)     /* -PV_EBUSY: someone else's vector */
         return PVRSRV_ERROR_INIT_FAILURE;
     g->regs[PVZ_GPU_REG_IRQ_ENABLE / 4] = PVZ_GPU_IRQ_DONE | PVZ_GPU_IRQ_ERROR;
     return PVRSRV_OK;

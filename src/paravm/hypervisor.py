@@ -183,6 +183,9 @@ class Hypervisor:
             self.xenstore = XenStore(manifest.domains)
         if manifest.pvz is not None:
             from .services.pvz.service import PvzService
+            if pvz_device is None:
+                from .devices.pvzgpu import PvzGpu
+                pvz_device = PvzGpu.for_service
             self.pvz = PvzService(self.machine, manifest.pvz, manifest.domains,
                                   device=pvz_device)
         made = []

@@ -126,7 +126,10 @@ static int hostile(void)
     EXPECT("map_again", raw(PVZ_BRIDGE_MAPDEVICEPHYSHEAP, 0, size, h),
            PVRSRV_ERROR_DEVICEMEM_ALREADY_MAPPED);
     EXPECT("msg_outside_ram", pv_hypercall2(PV_HC_PVZ_CALL, ram + 0x100000, 0), -PV_EFAULT);
-    EXPECT("msg_in_low_null", pv_hypercall2(PV_HC_PVZ_CALL, 0xFFFFFFFFFFFFFFF0ull, 0), -PV_EFAULT);
+    EXPECT("msg_wraps", pv_hypercall2(PV_HC_PVZ_CALL, 0xFFFFFFFFFFFFFFF0ull, 0), -PV_EFAULT);
+    uint32_t domid = bi->domid;     /* the boot info page is in the reserved first MiB */
+    EXPECT("msg_in_low_mib", pv_hypercall2(PV_HC_PVZ_CALL, PV_BOOT_INFO, 0), -PV_EFAULT);
+    EXPECT("boot_info_intact", bi->domid, domid);
     /* Our own queue with garbage in it: only our error bit, and still alive. */
     volatile uint32_t *regs = (volatile uint32_t *)(uintptr_t)0xFC000000ull;
     struct pvz_gpu_ccb_ctl *ctl = (struct pvz_gpu_ccb_ctl *)heap;

@@ -102,7 +102,8 @@ def test_hostile_calls_get_defined_errors_and_the_other_guest_goes_on(tmp_path, 
                      "map_unaligned", "map_low_mib", "map_small", "map_big"):
             assert f"{name}={A.PVRSRV_ERROR_INVALID_PARAMS}\n" in text, name
         assert f"map_again={A.PVRSRV_ERROR_DEVICEMEM_ALREADY_MAPPED}\n" in text
-        assert "msg_outside_ram=-14\n" in text
+        for name in ("msg_outside_ram", "msg_wraps", "msg_in_low_mib"):
+            assert f"{name}=-14\n" in text, name
         assert "RESULT bad=0" in text
         # a made-up function ID reached nothing: the priorities are the manifest's
         assert hv.pvz.server.priority[1:3] == [5, 2]

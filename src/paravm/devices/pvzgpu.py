@@ -17,6 +17,7 @@ connection at work (specs/ivc-lguest-pvz.md part C; docs/pvz.md):
       0x18 PRIORITY     RO  this OSID's scheduling priority
       0x1C COMPLETED    RO  commands completed (wraps at 2^32)
       0x20 HEAP_SIZE    RO  bytes of this OSID's firmware heap
+      0x24 HCS_DEADLINE RO  the hard context switch deadline, ms (VMMConfigure)
 
   The interrupt is an MSI of vector :data:`~paravm.arch.x86.layout.VEC_PVZ_GPU`
   on vCPU 0 (an irqfd: no ``KVM_SIGNAL_MSI`` from Python).
@@ -78,6 +79,7 @@ REGS_SIZE = 0x1000
 REG_ID, REG_OSID, REG_STATUS, REG_KICK = 0x00, 0x04, 0x08, 0x0C
 REG_IRQ_STATUS, REG_IRQ_ENABLE, REG_PRIORITY, REG_COMPLETED, REG_HEAP_SIZE = (
     0x10, 0x14, 0x18, 0x1C, 0x20)
+REG_HCS_DEADLINE = 0x24
 STATUS_FW_RUNNING, STATUS_OS_ONLINE, STATUS_HEAP_READY = 1, 2, 4
 IRQ_DONE, IRQ_ERROR = 1, 2
 
@@ -157,6 +159,13 @@ class PvzGpu(PvzSystem):
                                               (os_.osid + 1) * gpu_heap_size]
                 os_.gpu_addr = gpu_carveout.hva + os_.osid * gpu_heap_size
 
+    @classmethod
+    def for_service(cls, svc) -> "PvzGpu":
+        """The device for a :class:`~paravm.services.pvz.service.PvzService`
+        (its heap sizes and carve-outs): ``create_from_manifest``'s default."""
+        return cls(svc.machine, fw_heap_size=svc.fw_heap_size, fw_carveout=svc.fw_carveout,
+                   gpu_carveout=svc.gpu_carveout, gpu_heap_size=svc.gpu_heap_size)
+
     # --- PvzSystem ----------------------------------------------------------------------
     def dev_config(self) -> DevConfig:
         return DevConfig(self.vector, REGS_SIZE, self.regs_pbase)
@@ -234,11 +243,12 @@ class PvzGpu(PvzSystem):
             irqfd.close()
 
     def stats(self, osid: int) -> dict:
-        """``{"completed": n, "errors": n, "priority": p, "online": bool}``."""
+        """``{"completed": n, "errors": n, "priority": p, "online": bool,
+        "hcs_deadline_ms": ms}``."""
         with self._lock:
             o = self._os[osid]
             return {"completed": o.completed, "errors": o.errors, "priority": o.priority,
-                    "online": o.online}
+                    "online": o.online, "hcs_deadline_ms": self.hcs_deadline_ms}
 
     def close(self) -> None:
         """Stop the firmware thread and drop every heap view."""
@@ -276,6 +286,8 @@ class PvzGpu(PvzSystem):
             return o.completed & 0xFFFFFFFF
         if offset == REG_HEAP_SIZE:
             return len(o.fw) if o.fw is not None else 0
+        if offset == REG_HCS_DEADLINE:
+            return self.hcs_deadline_ms & 0xFFFFFFFF
         return 0
 
     def reg_write(self, osid: int, offset: int, value: int) -> None:

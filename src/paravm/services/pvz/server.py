@@ -161,7 +161,7 @@ class PvzServer:
     online from the start.  Thread-safe."""
 
     def __init__(self, system: PvzSystem | None = None, *, fw_heap: HeapConfig = HeapConfig(),
-                 gpu_heap: HeapConfig = HeapConfig(), fw_heap_size: int = 1 << 20,
+                 gpu_heap: HeapConfig = HeapConfig(), fw_heap_size: int = 8 << 20,
                  num_os: int = A.RGXFW_NUM_OS) -> None:
         if not 2 <= num_os <= 8:
             raise ValueError(f"num_os must be 2..8, got {num_os}")
@@ -296,11 +296,16 @@ class PvzServer:
 
     def on_vm_offline(self, osid: int) -> int:
         """OSID *osid* stops: ``INVALID_PARAMS`` out of range or offline
-        already; firmware OS state OFFLINE, then marked offline."""
+        already; firmware OS state OFFLINE, then marked offline.  A heap
+        still mapped is unmapped on the way (the VMM unmaps first; a host
+        that calls this directly must not leave the firmware a view of a
+        guest that is gone)."""
         with self.lock:
             if not 0 < osid < self.num_os or not self.online[osid]:
                 return A.PVRSRV_ERROR_INVALID_PARAMS
             self.system.set_os_state(osid, False)
+            if self.fw_mapped.pop(osid, None) is not None:
+                self.system.unmap_fw_heap(osid)
             self.online[osid] = False
             return A.PVRSRV_OK
 

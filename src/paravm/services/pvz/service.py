@@ -51,9 +51,10 @@ class PvzService:
 
     *spec*: the manifest's :class:`~paravm.config.PvzSpec`; *specs*: its
     domains; *device*: ``fn(service) -> PvzSystem`` making the host driver's
-    system layer (default: the example GPU,
-    :class:`paravm.devices.pvzgpu.PvzGpu`).  ``MemoryError``/``OSError`` if
-    the carve-outs cannot be allocated."""
+    system layer (default: the DDK's stub, :class:`~.server.PvzSystem`, which
+    does nothing; :class:`paravm.Hypervisor` passes the example GPU,
+    :class:`paravm.devices.pvzgpu.PvzGpu`, unless told otherwise).
+    ``MemoryError``/``OSError`` if the carve-outs cannot be allocated."""
 
     def __init__(self, machine, spec, specs, *,
                  device: Callable[["PvzService"], PvzSystem] | None = None) -> None:
@@ -68,14 +69,7 @@ class PvzService:
             if self.gpu_heap_size:
                 self.gpu_carveout = machine.alloc(
                     A.RGXFW_NUM_OS * self.gpu_heap_size // PAGE_SIZE, "pvz.gpu-carveout")
-            if device is None:
-                from ...devices.pvzgpu import PvzGpu
-                self.device = PvzGpu(machine, fw_heap_size=self.fw_heap_size,
-                                     fw_carveout=self.fw_carveout,
-                                     gpu_carveout=self.gpu_carveout,
-                                     gpu_heap_size=self.gpu_heap_size)
-            else:
-                self.device = device(self)
+            self.device = PvzSystem() if device is None else device(self)
         except BaseException:
             self._free_carveouts()
             raise
@@ -162,10 +156,16 @@ class PvzService:
     # --- the hypercall ----------------------------------------------------------------------
     def _call(self, domain, osid: int, msg_gpa: int) -> int:
         mem = domain.memory
+        # The message must be where the answer can go: in writable memory
+        # above the reserved first MiB (the VMM never writes the boot
+        # structures for a guest), checked before the call runs.
+        if msg_gpa < L.RESERVED_END:
+            raise HypercallError(errno.EFAULT, "pvz message in the reserved first MiB")
         try:
+            mem.writable_view(msg_gpa, A.PVZ_MSG_SIZE).release()
             msg = list(A.PVZ_MSG.unpack(mem.read(msg_gpa, A.PVZ_MSG_SIZE)))
         except GuestMemoryError:
-            raise HypercallError(errno.EFAULT, "pvz message outside guest memory") from None
+            raise HypercallError(errno.EFAULT, "pvz message outside writable guest memory") from None
         func, dev = msg[0], msg[1]
         with self._locks[osid]:
             status, outs = self._dispatch(domain, osid, func, dev, msg[7], msg[8])
@@ -211,7 +211,7 @@ class PvzService:
         return A.PVRSRV_ERROR_INVALID_PARAMS, None
 
     def _map(self, domain, osid: int, func: int, dev: int, size: int, gpa: int) -> int:
-        if osid in self._mapped:
+        if osid in self.server.fw_mapped:
             return A.PVRSRV_ERROR_DEVICEMEM_ALREADY_MAPPED
         if size != self.fw_heap_size or gpa % PAGE_SIZE or gpa < L.RESERVED_END \
                 or gpa > domain.ram.size - size:
@@ -247,7 +247,7 @@ class PvzService:
         if self.fw_carveout is not None:
             return self.fw_carveout.buffer[osid * self.fw_heap_size:(osid + 1) * self.fw_heap_size]
         dom, gpa = self._domains.get(osid), self._mapped.get(osid)
-        if dom is None or gpa is None:
+        if dom is None or gpa is None or osid not in self.server.fw_mapped:
             return None
         return dom.memory.view(gpa, self.fw_heap_size)
 
