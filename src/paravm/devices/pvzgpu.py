@@ -184,9 +184,10 @@ class PvzGpu(PvzSystem):
             os_ = self._os[osid]
             if online and not os_.online:
                 os_.read, os_.broken, os_.kicked = 0, False, False
-            if not online and os_.online and self.fw_carveout is not None:
+            if not online and os_.online:
                 # A host slice outlives the guest: the next one starts clean.
-                os_.fw[:] = bytes(len(os_.fw))
+                if self.fw_carveout is not None:
+                    os_.fw[:] = bytes(len(os_.fw))
                 if os_.gpu is not None:
                     os_.gpu[:] = bytes(len(os_.gpu))
             os_.online = online
@@ -284,8 +285,8 @@ class PvzGpu(PvzSystem):
             return o.priority & 0xFFFFFFFF
         if offset == REG_COMPLETED:
             return o.completed & 0xFFFFFFFF
-        if offset == REG_HEAP_SIZE:
-            return len(o.fw) if o.fw is not None else 0
+        if offset == REG_HEAP_SIZE:     # no len(o.fw): an unmap may release it meanwhile
+            return self.fw_heap_size if o.fw is not None else 0
         if offset == REG_HCS_DEADLINE:
             return self.hcs_deadline_ms & 0xFFFFFFFF
         return 0
