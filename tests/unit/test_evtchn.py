@@ -11,8 +11,6 @@ from __future__ import annotations
 import errno
 import re
 import selectors
-import shutil
-import subprocess
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +27,8 @@ from paravm.services.evtchn import abi
 from paravm.services.evtchn.abi import DOMID_SELF
 from paravm.services.evtchn.service import EvtchnService
 from paravm.vm.vcpu import _dispatch
+
+from c_probe import probe
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "guest/include/paravm/xen/event_channel.h"
@@ -244,14 +244,8 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def c_layout(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    d = tmp_path_factory.mktemp("evtchn_abi")
-    (d / "p.c").write_text(PROGRAM)
-    subprocess.run(["gcc", "-std=gnu11", "-Wall", "-Werror", "-I", str(ROOT / "guest/include"),
-                    "-o", str(d / "p"), str(d / "p.c")], check=True)
-    out = subprocess.run([str(d / "p")], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
+    return probe(tmp_path_factory.mktemp("evtchn_abi"), PROGRAM,
+                 ("-std=gnu11", "-Wall", "-Werror"))
 
 
 def test_struct_layouts_match_the_c_header(c_layout):

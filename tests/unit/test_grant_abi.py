@@ -2,16 +2,15 @@
 compiled with gcc), the VMM's declarations (paravm.services.grant.abi) and the numbers of
 specs/grant-mpt.md §D1.1 written out here."""
 
-import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from paravm.services.grant import abi as A
 from paravm.services.grant import service
+
+from c_probe import probe, py_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,26 +91,9 @@ def _program() -> str:
 
 @pytest.fixture(scope="module")
 def c_abi(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    d = tmp_path_factory.mktemp("grant_abi")
-    (d / "p.c").write_text(_program())
-    # -std=c11 -pedantic: the header must be plain C11 (its _Static_asserts included).
-    subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I",
-                    str(ROOT / "guest/include"), "-o", str(d / "p"), str(d / "p.c")], check=True)
-    out = subprocess.run([str(d / "p")], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
-
-
-def py_offsets(s: struct.Struct) -> list[int]:
-    """Offsets of the non-pad items of a little-endian struct.Struct format."""
-    fmt = s.format.lstrip("<")
-    offs, prefix = [], "<"
-    for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt):
-        if code != "x":
-            offs.append(struct.calcsize(prefix))
-        prefix += count + code
-    return offs
+    # -std=c11: the header must be plain C11 (its _Static_asserts included).
+    return probe(tmp_path_factory.mktemp("grant_abi"), _program(),
+                 ("-std=c11", "-Wall", "-Wextra", "-Werror"))
 
 
 @pytest.mark.parametrize("name", SPEC)

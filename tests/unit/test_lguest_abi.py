@@ -1,13 +1,13 @@
 """The lguest ABI header (guest/include/paravm/lguest_abi.h) and the VMM's structs agree."""
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from paravm.services.lguest import abi
+
+from c_probe import probe
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "guest/include/paravm/lguest_abi.h"
@@ -37,14 +37,7 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def c_layout(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    d = tmp_path_factory.mktemp("lguest_abi")
-    (d / "p.c").write_text(PROGRAM)
-    subprocess.run(["gcc", "-I", str(ROOT / "guest/include"), "-o", str(d / "p"), str(d / "p.c")],
-                   check=True)
-    out = subprocess.run([str(d / "p")], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
+    return probe(tmp_path_factory.mktemp("lguest_abi"), PROGRAM)
 
 
 def test_struct_layouts(c_layout):

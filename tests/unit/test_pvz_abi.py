@@ -4,15 +4,15 @@ and the numbers of specs/ivc-lguest-pvz.md part C written out here; plus the tab
 conformance test of struct pvz_msg that §C.4 asks for instead of C interop."""
 
 import re
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from paravm.devices import pvzgpu as G
 from paravm.services.pvz import abi as A
+
+from c_probe import probe, py_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,21 +99,8 @@ def _program() -> str:
 
 @pytest.fixture(scope="module")
 def c_abi(tmp_path_factory):
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed")
-    d = tmp_path_factory.mktemp("pvz_abi")
-    (d / "p.c").write_text(_program())
-    subprocess.run(["gcc", "-std=c11", "-Wall", "-Wextra", "-Werror", "-I",
-                    str(ROOT / "guest/include"), "-o", str(d / "p"), str(d / "p.c")], check=True)
-    out = subprocess.run([str(d / "p")], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.rsplit(" ", 1) for line in out.splitlines())}
-
-
-def py_offsets(s: struct.Struct) -> list[int]:
-    """Offsets of the items of a little-endian struct.Struct format (no repeat counts)."""
-    fmt = s.format.lstrip("<")
-    assert re.fullmatch(r"[a-zA-Z]+", fmt), fmt
-    return [struct.calcsize("<" + fmt[:i]) for i in range(len(fmt))]
+    return probe(tmp_path_factory.mktemp("pvz_abi"), _program(),
+                 ("-std=c11", "-Wall", "-Wextra", "-Werror"))
 
 
 # ------------------------------------------------------------------------------ layouts
