@@ -22,6 +22,8 @@ from paravm.services.pvz.server import (
     validate_connection,
 )
 
+from pvz_fakes import Recorder
+
 OK = A.PVRSRV_OK
 INVALID_PARAMS = A.PVRSRV_ERROR_INVALID_PARAMS
 BAD_CONFIG = A.PVRSRV_ERROR_INVALID_PVZ_CONFIG
@@ -33,42 +35,6 @@ GPU_HEAP = A.PVRSRV_DEVICE_PHYS_HEAP_GPU_LOCAL
 FW_HEAP = A.PVRSRV_DEVICE_PHYS_HEAP_FW_LOCAL
 FW_SIZE = 1 << 20
 PA = 0x1234_5000
-
-
-class Recorder(PvzSystem):
-    """Records every system call in order; *init_err* / *map_err* are returned by
-    init_device / map_fw_heap."""
-
-    def __init__(self, *, init_err=OK, map_err=OK, config=DevConfig(0xE1, 0x1000, 0xFC000000)):
-        self.calls: list[tuple] = []
-        self.init_err, self.map_err, self.config = init_err, map_err, config
-
-    def dev_config(self):
-        self.calls.append(("dev_config",))
-        return self.config
-
-    def init_device(self):
-        self.calls.append(("init_device",))
-        return self.init_err
-
-    def set_os_state(self, osid, online):
-        self.calls.append(("set_os_state", osid, online))
-
-    def set_os_priority(self, osid, priority):
-        self.calls.append(("set_os_priority", osid, priority))
-
-    def set_hcs_deadline(self, deadline_ms):
-        self.calls.append(("set_hcs_deadline", deadline_ms))
-
-    def map_fw_heap(self, osid, paddr, size):
-        self.calls.append(("map_fw_heap", osid, paddr, size))
-        return self.map_err
-
-    def unmap_fw_heap(self, osid):
-        self.calls.append(("unmap_fw_heap", osid))
-
-    def names(self):
-        return [c[0] for c in self.calls]
 
 
 @pytest.fixture

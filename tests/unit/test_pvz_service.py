@@ -25,6 +25,8 @@ from paravm.services.pvz.server import DevConfig, PvzSystem
 from paravm.services.pvz.service import PvzService
 from paravm.vm.bus import Bus
 
+import pvz_fakes
+
 OK = A.PVRSRV_OK
 INVALID_PARAMS = A.PVRSRV_ERROR_INVALID_PARAMS
 S = 64 * 1024                      # fw_heap_size of these tests
@@ -124,34 +126,9 @@ class FakeDomain:
         machine.free(self.ram)
 
 
-class Recorder(PvzSystem):
+def Recorder():
     """A host system layer that records its calls (the service's `device=`)."""
-
-    def __init__(self):
-        self.calls = []
-
-    def dev_config(self):
-        return DevConfig(0x99, 0x2000, 0xFE000000)
-
-    def init_device(self):
-        self.calls.append(("init_device",))
-        return OK
-
-    def set_os_state(self, osid, online):
-        self.calls.append(("set_os_state", osid, online))
-
-    def set_os_priority(self, osid, priority):
-        self.calls.append(("set_os_priority", osid, priority))
-
-    def set_hcs_deadline(self, deadline_ms):
-        self.calls.append(("set_hcs_deadline", deadline_ms))
-
-    def map_fw_heap(self, osid, paddr, size):
-        self.calls.append(("map_fw_heap", osid, paddr, size))
-        return OK
-
-    def unmap_fw_heap(self, osid):
-        self.calls.append(("unmap_fw_heap", osid))
+    return pvz_fakes.Recorder(config=DevConfig(0x99, 0x2000, 0xFE000000), record_config=False)
 
 
 class DeferredGpu(PvzGpu):
@@ -1111,9 +1088,9 @@ def test_a_gpu_slice_is_wiped_when_its_guest_stops_with_origin_guest(world):
     assert a2.memory.read(gpu_gpa + 0x100, 6) == b"\0" * 6
 
 
-class SlowRecorder(Recorder):
+class SlowRecorder(pvz_fakes.Recorder):
     def __init__(self):
-        super().__init__()
+        super().__init__(config=DevConfig(0x99, 0x2000, 0xFE000000), record_config=False)
         self.inside = self.max_inside = 0
         self._lock = threading.Lock()
 
