@@ -94,6 +94,7 @@ FLAG_IRQ, FLAG_DST_GPU, FLAG_SRC_GPU = 1, 2, 4
 ST_DONE, ST_FAULT, ST_BAD = 0, 1, 2
 _FLAGS = FLAG_IRQ | FLAG_DST_GPU | FLAG_SRC_GPU
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
 class _Os:
@@ -348,18 +349,15 @@ class PvzGpu(PvzSystem):
             return
         read = o.read & mask
         if read == write:
-            o.kicked = False
             # A kick always follows the guest's write_offset store: one that
             # raced with the read above is seen by this second read.
-            if _U32.unpack_from(fw, 0)[0] == write:
-                return
-            o.kicked = True
+            o.kicked = _U32.unpack_from(fw, 0)[0] != write
             return
         at = CCB_OFFSET + read * CMD_SIZE
         op, flags, dst, src, length, value, _, _, _, _ = CMD.unpack_from(fw, at)
         status, result = self._run(o, op, flags, dst, src, length, value)
         _U32.pack_into(fw, at + CMD_STATUS_OFF, status)
-        struct.pack_into("<Q", fw, at + CMD_RESULT_OFF, result)
+        _U64.pack_into(fw, at + CMD_RESULT_OFF, result)
         o.read = (read + 1) & mask
         _U32.pack_into(fw, 4, o.read)
         o.completed += 1
@@ -373,13 +371,15 @@ class PvzGpu(PvzSystem):
         if bits:
             self._raise(o, bits)
 
-    def _operand(self, o: _Os, gpu: bool, off: int, length: int) -> int | None:
-        """The VMM address of [off, off+length) of a heap, or None if it is
-        not all inside."""
-        heap = o.gpu if gpu else o.fw
+    @staticmethod
+    def _operand(o: _Os, gpu: bool, off: int, length: int) -> tuple[memoryview, int] | None:
+        """The heap (FW, or GPU with *gpu*) and the VMM address of its byte
+        0, if [off, off+length) lies inside it (overflow-safe: Python ints);
+        else None."""
+        heap, addr = (o.gpu, o.gpu_addr) if gpu else (o.fw, o.fw_addr)
         if heap is None or off > len(heap) or length > len(heap) - off:
             return None
-        return (o.gpu_addr if gpu else o.fw_addr) + off
+        return heap, addr
 
     def _run(self, o: _Os, op: int, flags: int, dst: int, src: int, length: int,
              value: int) -> tuple[int, int]:
@@ -387,28 +387,24 @@ class PvzGpu(PvzSystem):
             return ST_BAD, 0
         if op == OP_NOP:
             return ST_DONE, 0
-        # Bulk work goes through ctypes' memmove / memset and zlib, which
-        # let go of the GIL: vCPU threads handle their exits meanwhile.
+        # Bulk work goes through ctypes.memmove and zlib, which let go of
+        # the GIL: vCPU threads handle their exits meanwhile.
+        d = self._operand(o, bool(flags & FLAG_DST_GPU), dst, length)
+        s = self._operand(o, bool(flags & FLAG_SRC_GPU), src, length)
         if op == OP_FILL:
-            d = self._operand(o, bool(flags & FLAG_DST_GPU), dst, length)
             if d is None:
                 return ST_FAULT, 0
-            ctypes.memmove(d, _U32.pack(value) * (length // 4 + 1), length)
+            ctypes.memmove(d[1] + dst, _U32.pack(value) * (length // 4 + 1), length)
             return ST_DONE, 0
         if op == OP_COPY:
-            d = self._operand(o, bool(flags & FLAG_DST_GPU), dst, length)
-            s = self._operand(o, bool(flags & FLAG_SRC_GPU), src, length)
             if d is None or s is None:
                 return ST_FAULT, 0
-            ctypes.memmove(d, s, length)        # overlap allowed
+            ctypes.memmove(d[1] + dst, s[1] + src, length)     # overlap allowed
             return ST_DONE, 0
         if op == OP_CHECKSUM:
-            s = self._operand(o, bool(flags & FLAG_SRC_GPU), src, length)
             if s is None:
                 return ST_FAULT, 0
-            heap = o.gpu if flags & FLAG_SRC_GPU else o.fw
-            base = o.gpu_addr if flags & FLAG_SRC_GPU else o.fw_addr
-            return ST_DONE, zlib.crc32(heap[s - base:s - base + length])
+            return ST_DONE, zlib.crc32(s[0][src:src + length])
         return ST_BAD, 0
 
     def _raise(self, o: _Os, bits: int) -> None:

@@ -177,14 +177,20 @@ class PvzServer:
         self.fw_mapped: dict[int, tuple[int, int]] = {}   # OSID -> (paddr, size) of "GuestFirmware<OSID>"
 
     # --- the gate every guest-originated call passes -----------------------------------
-    def _gate(self, osid: int, func_id: int, expected: int) -> int:
+    def _gate(self, osid: int, func_id: int, expected: int, dev_id: int = 0) -> int:
         if not 0 < osid < self.num_os:
             return A.PVRSRV_ERROR_INVALID_PVZ_OSID
         if not self.online[osid]:
             return A.PVRSRV_ERROR_PVZ_OSID_IS_OFFLINE
-        if func_id != expected:
+        if func_id != expected or dev_id != 0:
             return A.PVRSRV_ERROR_INVALID_PARAMS
         return A.PVRSRV_OK
+
+    def _drop_heap(self, osid: int) -> None:
+        """Unmap *osid*'s heap if one is mapped (its firmware OS state is
+        OFFLINE already: the firmware never runs on a heap being unmapped)."""
+        if self.fw_mapped.pop(osid, None) is not None:
+            self.system.unmap_fw_heap(osid)
 
     # --- sGuestFuncTab -----------------------------------------------------------------
     def create_dev_config(self, osid: int, func_id: int, dev_id: int
@@ -192,25 +198,20 @@ class PvzServer:
         """The host's register base, size and IRQ (the reference assumes every
         VM sees the device alike).  ``INVALID_PARAMS`` for a devID other than 0."""
         with self.lock:
-            err = self._gate(osid, func_id, A.PVZ_BRIDGE_CREATEDEVICECONFIG)
-            if err == A.PVRSRV_OK and dev_id != 0:
-                err = A.PVRSRV_ERROR_INVALID_PARAMS
+            err = self._gate(osid, func_id, A.PVZ_BRIDGE_CREATEDEVICECONFIG, dev_id)
             return (err, None) if err else (err, self.system.dev_config())
 
     def destroy_dev_config(self, osid: int, func_id: int, dev_id: int) -> int:
         """Nothing to undo: ``PVRSRV_OK`` after the same checks."""
         with self.lock:
-            err = self._gate(osid, func_id, A.PVZ_BRIDGE_DESTROYDEVICECONFIG)
-            return A.PVRSRV_ERROR_INVALID_PARAMS if err == A.PVRSRV_OK and dev_id else err
+            return self._gate(osid, func_id, A.PVZ_BRIDGE_DESTROYDEVICECONFIG, dev_id)
 
     def create_dev_phys_heaps(self, osid: int, func_id: int, dev_id: int
                               ) -> tuple[int, PhysHeaps | None]:
         """Heap type UMA; for a GPU or FW heap of origin HOST that has a
         region, OSID's slice ``(size, addr + osid * size)``, else 0/0."""
         with self.lock:
-            err = self._gate(osid, func_id, A.PVZ_BRIDGE_CREATEDEVICEPHYSHEAPS)
-            if err == A.PVRSRV_OK and dev_id != 0:
-                err = A.PVRSRV_ERROR_INVALID_PARAMS
+            err = self._gate(osid, func_id, A.PVZ_BRIDGE_CREATEDEVICEPHYSHEAPS, dev_id)
             if err:
                 return err, None
             fw = self._slice(self.fw_heap, osid)
@@ -226,8 +227,7 @@ class PvzServer:
     def destroy_dev_phys_heaps(self, osid: int, func_id: int, dev_id: int) -> int:
         """Nothing to undo: ``PVRSRV_OK`` after the same checks."""
         with self.lock:
-            err = self._gate(osid, func_id, A.PVZ_BRIDGE_DESTROYDEVICEPHYSHEAPS)
-            return A.PVRSRV_ERROR_INVALID_PARAMS if err == A.PVRSRV_OK and dev_id else err
+            return self._gate(osid, func_id, A.PVZ_BRIDGE_DESTROYDEVICEPHYSHEAPS, dev_id)
 
     def map_dev_phys_heap(self, osid: int, func_id: int, dev_id: int, size: int,
                           paddr: int) -> int:
@@ -238,9 +238,10 @@ class PvzServer:
         is the host's ``fw_heap_size`` whatever *size* says (the VMM refuses
         a mismatch before it gets here), and the firmware OS state goes
         ONLINE once mapped (the newer generation's order).  A second Map
-        without an Unmap would leak the first in the reference; here the
-        system's error is returned, and the VMM refuses it before."""
+        without an Unmap would leak the first in the reference; here it is
+        ``INVALID_PARAMS`` (and the VMM refuses it before)."""
         with self.lock:
+            # The reference checks the origin before the devID.
             err = self._gate(osid, func_id, A.PVZ_BRIDGE_MAPDEVICEPHYSHEAP)
             if err:
                 return err
@@ -261,15 +262,11 @@ class PvzServer:
         first, then the memory goes (the newer generation's order, so the
         firmware never touches a heap being unmapped).  Nothing mapped: OK."""
         with self.lock:
-            err = self._gate(osid, func_id, A.PVZ_BRIDGE_UNMAPDEVICEPHYSHEAP)
-            if err == A.PVRSRV_OK and dev_id != 0:
-                err = A.PVRSRV_ERROR_INVALID_PARAMS
-            if err:
-                return err
-            if self.fw_mapped.pop(osid, None) is not None:
+            err = self._gate(osid, func_id, A.PVZ_BRIDGE_UNMAPDEVICEPHYSHEAP, dev_id)
+            if err == A.PVRSRV_OK and osid in self.fw_mapped:
                 self.system.set_os_state(osid, False)
-                self.system.unmap_fw_heap(osid)
-            return A.PVRSRV_OK
+                self._drop_heap(osid)
+            return err
 
     # --- sVmmFuncTab: the VMM only ------------------------------------------------------------
     def on_vm_online(self, osid: int, priority: int) -> int:
@@ -304,8 +301,7 @@ class PvzServer:
             if not 0 < osid < self.num_os or not self.online[osid]:
                 return A.PVRSRV_ERROR_INVALID_PARAMS
             self.system.set_os_state(osid, False)
-            if self.fw_mapped.pop(osid, None) is not None:
-                self.system.unmap_fw_heap(osid)
+            self._drop_heap(osid)
             self.online[osid] = False
             return A.PVRSRV_OK
 

@@ -78,7 +78,6 @@ class PvzService:
                                 fw_heap_size=self.fw_heap_size)
         self.server.vmm_configure(A.VMM_CONF_HCS_DEADLINE, spec.hcs_deadline_ms)
         self._locks = [threading.Lock() for _ in range(A.RGXFW_NUM_OS)]
-        self._mapped: dict[int, int] = {}        # OSID -> GPA of its mapped FW heap
         self._domains: dict[int, object] = {}    # OSID -> the attached domain
 
     @staticmethod
@@ -147,7 +146,6 @@ class PvzService:
             if self.server.online[osid]:
                 self.server.unmap_dev_phys_heap(osid, A.PVZ_BRIDGE_UNMAPDEVICEPHYSHEAP, 0)
                 self.server.on_vm_offline(osid)
-            self._mapped.pop(osid, None)
             del self._domains[osid]
         detach = getattr(self.device, "detach", None)
         if detach is not None:
@@ -162,20 +160,19 @@ class PvzService:
         if msg_gpa < L.RESERVED_END:
             raise HypercallError(errno.EFAULT, "pvz message in the reserved first MiB")
         try:
-            mem.writable_view(msg_gpa, A.PVZ_MSG_SIZE).release()
-            msg = list(A.PVZ_MSG.unpack(mem.read(msg_gpa, A.PVZ_MSG_SIZE)))
+            view = mem.writable_view(msg_gpa, A.PVZ_MSG_SIZE)
         except GuestMemoryError:
             raise HypercallError(errno.EFAULT, "pvz message outside writable guest memory") from None
-        func, dev = msg[0], msg[1]
-        with self._locks[osid]:
-            status, outs = self._dispatch(domain, osid, func, dev, msg[7], msg[8])
-        msg[2] = status
-        if outs is not None:
-            msg[3:] = outs
         try:
-            mem.write(msg_gpa, A.PVZ_MSG.pack(*msg))
-        except GuestMemoryError:
-            raise HypercallError(errno.EFAULT, "pvz message not writable") from None
+            msg = list(A.PVZ_MSG.unpack(view))     # copied once
+            with self._locks[osid]:
+                status, outs = self._dispatch(domain, osid, msg[0], msg[1], msg[7], msg[8])
+            msg[2] = status
+            if outs is not None:
+                msg[3:] = outs
+            A.PVZ_MSG.pack_into(view, 0, *msg)
+        finally:
+            view.release()
         return status
 
     def _dispatch(self, domain, osid: int, func: int, dev: int, size: int, paddr: int):
@@ -204,10 +201,7 @@ class PvzService:
         if func == A.PVZ_BRIDGE_MAPDEVICEPHYSHEAP:
             return self._map(domain, osid, func, dev, size, paddr), None
         if func == A.PVZ_BRIDGE_UNMAPDEVICEPHYSHEAP:
-            err = srv.unmap_dev_phys_heap(osid, func, dev)
-            if err == A.PVRSRV_OK:
-                self._mapped.pop(osid, None)
-            return err, None
+            return srv.unmap_dev_phys_heap(osid, func, dev), None
         return A.PVRSRV_ERROR_INVALID_PARAMS, None
 
     def _map(self, domain, osid: int, func: int, dev: int, size: int, gpa: int) -> int:
@@ -216,11 +210,8 @@ class PvzService:
         if size != self.fw_heap_size or gpa % PAGE_SIZE or gpa < L.RESERVED_END \
                 or gpa > domain.ram.size - size:
             return A.PVRSRV_ERROR_INVALID_PARAMS
-        err = self.server.map_dev_phys_heap(osid, func, dev, size,
-                                            (domain.ram.mfn << PAGE_SHIFT) + gpa)
-        if err == A.PVRSRV_OK:
-            self._mapped[osid] = gpa
-        return err
+        return self.server.map_dev_phys_heap(osid, func, dev, size,
+                                             (domain.ram.mfn << PAGE_SHIFT) + gpa)
 
     @staticmethod
     def _to_gpa(carveout, base_gpa: int, osid: int, size: int, paddr: int) -> int | None:
@@ -246,10 +237,10 @@ class PvzService:
             return None
         if self.fw_carveout is not None:
             return self.fw_carveout.buffer[osid * self.fw_heap_size:(osid + 1) * self.fw_heap_size]
-        dom, gpa = self._domains.get(osid), self._mapped.get(osid)
-        if dom is None or gpa is None or osid not in self.server.fw_mapped:
+        dom, mapped = self._domains.get(osid), self.server.fw_mapped.get(osid)
+        if dom is None or mapped is None:
             return None
-        return dom.memory.view(gpa, self.fw_heap_size)
+        return dom.memory.view(mapped[0] - (dom.ram.mfn << PAGE_SHIFT), self.fw_heap_size)
 
     def close(self) -> None:
         close = getattr(self.device, "close", None)
