@@ -62,6 +62,8 @@ class Hypervisor:
         self.evtchn = None       # paravm.services.evtchn.service.EvtchnService, with [domain.xen]
         self.xenstore = None     # paravm.services.xenstore.XenStore, with [domain.xen]
         self.pvz = None          # paravm.services.pvz.service.PvzService, with [pvz]
+        self._mpt = None         # paravm.services.mpt.MptService, made on first use
+        self.mgpus: dict = {}    # domain name -> paravm.devices.mgpu.Mgpu, with [domain.mgpu]
         self._base_regions: dict[str, tuple] = {}   # a manifest domain's IVC and lguest regions
 
     @property
@@ -74,6 +76,17 @@ class Hypervisor:
             from .vm.eventloop import EventLoop
             self._loop = EventLoop()
         return self._loop
+
+    @property
+    def mpt(self):
+        """The mediated pass-through services (:class:`paravm.services.mpt.MptService`)
+        that device models use, made on first use (docs/mpt.md)."""
+        if self._closed:
+            raise RuntimeError("hypervisor is closed")
+        if self._mpt is None:
+            from .services.mpt import MptService
+            self._mpt = MptService(self.machine)
+        return self._mpt
 
     # --- domains -----------------------------------------------------------------
     def create_domain(self, name: str, image: str | os.PathLike, *, memory_mib: int = 64,
@@ -188,6 +201,9 @@ class Hypervisor:
                 pvz_device = PvzGpu.for_service
             self.pvz = PvzService(self.machine, manifest.pvz, manifest.domains,
                                   device=pvz_device)
+        if any(spec.mgpu is not None for spec in manifest.domains):
+            from .devices.mgpu import MgpuType
+            self.mgpus = MgpuType.for_manifest(self.mpt, manifest.domains)
         made = []
         for spec in manifest.domains:
             regions = self.ivc.regions(spec.name) if self.ivc else ()
@@ -214,7 +230,7 @@ class Hypervisor:
 
     def _services(self) -> tuple:
         return tuple(s for s in (self.ivc, self.lguest, self.evtchn, self.grant, self.xenstore,
-                                 self.pvz) if s is not None)
+                                 self.pvz, self._mpt) if s is not None)
 
     def _attach_services(self, dom: Domain) -> None:
         for svc in self._services():
@@ -266,10 +282,12 @@ class Hypervisor:
                                      f"{e}\n".encode())
 
     def _domain_stopped(self, domain: Domain) -> None:
-        # PVZ first: the firmware lets go of a dying guest's heap at once.
-        # Grants next: a dying domain's mappings go before its event
-        # channels close (an unmap notification may still be sent).
-        for svc in (self.pvz, self.grant, self.ivc, self.lguest, self.evtchn, self.xenstore):
+        # Mediated devices and PVZ first: the device models and the firmware
+        # let go of a dying guest's memory at once.  Grants next: a dying
+        # domain's mappings go before its event channels close (an unmap
+        # notification may still be sent).
+        for svc in (self._mpt, self.pvz, self.grant, self.ivc, self.lguest, self.evtchn,
+                    self.xenstore):
             if svc is None:
                 continue
             try:
@@ -319,7 +337,8 @@ class Hypervisor:
                 errors.append(str(e))
         if self._loop is not None:
             self._loop.close()
-        for svc in (self.pvz, self.ivc, self.lguest, self.grant, self.evtchn, self.xenstore):
+        for svc in (self._mpt, self.pvz, self.ivc, self.lguest, self.grant, self.evtchn,
+                    self.xenstore):
             if svc is not None:
                 svc.close()
         self.machine.close()

@@ -67,12 +67,13 @@ class BootInfo(ctypes.Structure):
                 ("evtchn_vector", ctypes.c_uint32),
                 ("pvz", ctypes.c_uint32), ("pvz_fw_origin", ctypes.c_uint32),
                 ("pvz_fw_heap_size", ctypes.c_uint64),
-                ("reserved", ctypes.c_uint8 * (0x100 - 0x98)),
+                ("mgpu", ctypes.c_uint32), ("mgpu_opregion", ctypes.c_uint32),
+                ("reserved", ctypes.c_uint8 * (0x100 - 0xA0)),
                 ("args", ctypes.c_char * 2048)]
 
 
 def test_boot_info_offsets_match_the_c_struct():
-    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0x98];" in HEADER
+    assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0xA0];" in HEADER
     for field, off in [("magic", L.BI_OFF_MAGIC), ("version", L.BI_OFF_VERSION),
                        ("domid", L.BI_OFF_DOMID), ("nr_vcpus", L.BI_OFF_NR_VCPUS),
                        ("ram_size", L.BI_OFF_RAM_SIZE), ("heap_start", L.BI_OFF_HEAP_START),
@@ -86,6 +87,7 @@ def test_boot_info_offsets_match_the_c_struct():
                        ("evtchn_vector", L.BI_OFF_EVTCHN_VECTOR),
                        ("pvz", L.BI_OFF_PVZ), ("pvz_fw_origin", L.BI_OFF_PVZ_FW_ORIGIN),
                        ("pvz_fw_heap_size", L.BI_OFF_PVZ_FW_HEAP_SIZE),
+                       ("mgpu", L.BI_OFF_MGPU), ("mgpu_opregion", L.BI_OFF_MGPU_OPREGION),
                        ("args", L.BI_OFF_ARGS)]:
         assert getattr(BootInfo, field).offset == off, field
     assert BootInfo.args.size == L.BI_ARGS_MAX

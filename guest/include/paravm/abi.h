@@ -75,7 +75,9 @@ struct pv_boot_info {
     uint32_t pvz;                /* 1: a PVZ connection (paravm/pvz.h) */
     uint32_t pvz_fw_origin;      /* PVRSRV_DEVICE_PHYS_HEAP_ORIGIN_* of the FW heap */
     uint64_t pvz_fw_heap_size;   /* RGX_FIRMWARE_HEAP_SIZE, bytes */
-    uint8_t reserved[0x100 - 0x98];
+    uint32_t mgpu;               /* 1: an example mediated GPU (paravm/mgpu.h) */
+    uint32_t mgpu_opregion;      /* GPA of its OpRegion (read-only), 0: none */
+    uint8_t reserved[0x100 - 0xA0];
     char args[2048];
 };
 

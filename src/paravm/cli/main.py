@@ -101,7 +101,7 @@ def cmd_run(args, t_process: int) -> int:
         except ImageError as e:
             _err(f"{args.manifest}: domain image: {e}")
             return EXIT_USAGE
-        except (KvmError, OSError, ValueError, MemoryError) as e:
+        except (KvmError, OSError, ValueError, MemoryError, RuntimeError) as e:
             _err(f"{args.manifest}: cannot create domain: {e}")
             return EXIT_USAGE
         except KeyboardInterrupt:

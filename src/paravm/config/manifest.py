@@ -40,6 +40,7 @@ __all__ = [
     "NetSpec",
     "PvzSpec",
     "DomainPvzSpec",
+    "DomainMgpuSpec",
     "XenSpec",
     "ManifestError",
     "load_manifest",
@@ -129,6 +130,7 @@ class DomainSpec(msgspec.Struct, frozen=True):
             ``[domain.xen]`` table, or ``None`` when the domain has none.
         pvz: the domain's PVZ identity (``[domain.pvz]``: OSID and priority), or
             ``None`` when it has no PVZ connection.
+        mgpu: the domain's example mediated GPU (``[domain.mgpu]``), or ``None``.
     """
 
     name: str
@@ -140,6 +142,7 @@ class DomainSpec(msgspec.Struct, frozen=True):
     devices: tuple[ConsoleSpec | BlockSpec | NetSpec, ...] = ()
     xen: "XenSpec | None" = None
     pvz: "DomainPvzSpec | None" = None
+    mgpu: "DomainMgpuSpec | None" = None
 
     @property
     def memory_bytes(self) -> int:
@@ -179,6 +182,19 @@ class DomainPvzSpec(msgspec.Struct, frozen=True):
 
     osid: int
     priority: int = 0
+
+
+class DomainMgpuSpec(msgspec.Struct, frozen=True):
+    """A ``[domain.mgpu]`` table, checked: the domain gets an instance of the
+    example mediated GPU (docs/mpt.md).
+
+    Attributes:
+        png: where the host writes the surface of each PRESENT command, as PNG
+            (absolute; given relative to the manifest; its directory exists), or
+            ``None``: presents are counted, nothing is written.
+    """
+
+    png: "pathlib.Path | None" = None
 
 
 class PvzSpec(msgspec.Struct, frozen=True):
@@ -329,6 +345,11 @@ class _RawDomain(msgspec.Struct, forbid_unknown_fields=True):
     device: tuple[_RawConsole | _RawBlock | _RawNet, ...] = ()
     xen: "_RawXen | None" = None
     pvz: "_RawDomainPvz | None" = None
+    mgpu: "_RawDomainMgpu | None" = None
+
+
+class _RawDomainMgpu(msgspec.Struct, forbid_unknown_fields=True):
+    png: str | None = None
 
 
 class _RawDomainPvz(msgspec.Struct, forbid_unknown_fields=True):
@@ -427,6 +448,7 @@ def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainS
                 devices=_devices(raw, key, ctx),
                 xen=None if raw.xen is None else XenSpec(**msgspec.structs.asdict(raw.xen)),
                 pvz=None if raw.pvz is None else DomainPvzSpec(raw.pvz.osid, raw.pvz.priority),
+                mgpu=None if raw.mgpu is None else _build_mgpu(raw.mgpu, f"{key}.mgpu", ctx),
             )
         )
     return tuple(specs)
@@ -537,6 +559,19 @@ def _build_mempools(raws: tuple[_RawIvcMempool, ...], domains: tuple[DomainSpec,
         taken[raw.id] = i
         specs.append(IvcMempoolSpec(id=raw.id, peers=raw.peers, size=raw.size))
     return tuple(specs)
+
+
+def _build_mgpu(raw: _RawDomainMgpu, key: str, ctx: _Context) -> DomainMgpuSpec:
+    if raw.png is None:
+        return DomainMgpuSpec()
+    if not raw.png or "\0" in raw.png:
+        ctx.fail(f"{key}.png", "must be a file name")
+    p = (ctx.base / raw.png).resolve()
+    if not p.parent.is_dir():
+        ctx.fail(f"{key}.png", f"directory not found: {p.parent}")
+    if p.is_dir():
+        ctx.fail(f"{key}.png", f"is a directory: {p}")
+    return DomainMgpuSpec(png=p)
 
 
 def _regular_file(value: str, key: str, ctx: _Context) -> pathlib.Path:

@@ -178,6 +178,15 @@ class MachineMemory:
             return fr, mfn - fr.mfn
         return None
 
+    def range_at_hva(self, hva: int) -> FrameRange | None:
+        """The live range whose VMM mapping holds address *hva*, or ``None``."""
+        with self._lock:
+            ranges = list(self._ranges.values())
+        for fr in ranges:
+            if fr.hva <= hva < fr.hva + fr.size:
+                return fr
+        return None
+
     @property
     def live_ranges(self) -> int:
         return len(self._ranges)

@@ -5,12 +5,18 @@ possibly chosen by a hostile guest (any u64), and passes one overflow-safe
 check before any byte moves (as Solo5's ``HVT_CHECKED_GPA_P`` and rust-vmm's
 ``check_range`` do); a failed check raises :class:`GuestMemoryError` and
 touches nothing.  Accesses never span two regions.
+
+Regions may come and go while the guest runs (a mediated device maps host
+frames at a GFN): the region table is copied on write and replaced in one
+assignment, so a check on another thread sees the old table or the new
+one, without a lock.
 """
 
 from __future__ import annotations
 
 import bisect
 import struct
+import threading
 from typing import NewType
 
 from .frames import PAGE_SIZE, FrameRange
@@ -65,41 +71,46 @@ class GuestMemory:
     """
 
     def __init__(self) -> None:
-        self._starts: list[int] = []
-        self._regions: list[Region] = []
+        self._table: tuple[list[int], list[Region]] = ([], [])   # (starts, regions)
+        self._lock = threading.Lock()     # writers only
 
     # --- regions -------------------------------------------------------------
     def add_region(self, region: Region) -> None:
         """Add a region; ``ValueError`` if it overlaps one already there."""
-        i = bisect.bisect(self._starts, region.gpa)
-        if i > 0 and self._regions[i - 1].end > region.gpa:
-            raise ValueError(f"region at {region.gpa:#x} overlaps one at "
-                             f"{self._regions[i - 1].gpa:#x}")
-        if i < len(self._regions) and region.end > self._regions[i].gpa:
-            raise ValueError(f"region at {region.gpa:#x} overlaps one at "
-                             f"{self._regions[i].gpa:#x}")
-        self._starts.insert(i, region.gpa)
-        self._regions.insert(i, region)
+        with self._lock:
+            starts, regions = self._table
+            i = bisect.bisect(starts, region.gpa)
+            if i > 0 and regions[i - 1].end > region.gpa:
+                raise ValueError(f"region at {region.gpa:#x} overlaps one at "
+                                 f"{regions[i - 1].gpa:#x}")
+            if i < len(regions) and region.end > regions[i].gpa:
+                raise ValueError(f"region at {region.gpa:#x} overlaps one at "
+                                 f"{regions[i].gpa:#x}")
+            self._table = (starts[:i] + [region.gpa] + starts[i:],
+                           regions[:i] + [region] + regions[i:])
 
     def remove_region(self, gpa: int) -> Region:
-        """Remove the region starting at *gpa* (``KeyError`` if none)."""
-        i = bisect.bisect_left(self._starts, gpa)
-        if i == len(self._starts) or self._starts[i] != gpa:
-            raise KeyError(f"no region at {gpa:#x}")
-        del self._starts[i]
-        r = self._regions.pop(i)
-        r.view.release()
-        return r
+        """Remove the region starting at *gpa* (``KeyError`` if none).  Its
+        view is not released: a reader on another thread may still hold the
+        region; the frames' owner closes them."""
+        with self._lock:
+            starts, regions = self._table
+            i = bisect.bisect_left(starts, gpa)
+            if i == len(starts) or starts[i] != gpa:
+                raise KeyError(f"no region at {gpa:#x}")
+            self._table = (starts[:i] + starts[i + 1:], regions[:i] + regions[i + 1:])
+            return regions[i]
 
     @property
     def regions(self) -> tuple[Region, ...]:
-        return tuple(self._regions)
+        return tuple(self._table[1])
 
     def close(self) -> None:
-        for r in self._regions:
+        with self._lock:
+            regions = self._table[1]
+            self._table = ([], [])
+        for r in regions:
             r.view.release()
-        self._regions.clear()
-        self._starts.clear()
 
     # --- checking --------------------------------------------------------------
     def check_range(self, gpa: int, length: int) -> tuple[Region, int]:
@@ -107,10 +118,10 @@ class GuestMemory:
         region; else :class:`GuestMemoryError`.  Safe for any Python int."""
         if gpa < 0 or length < 0 or gpa >= U64_LIMIT or length > U64_LIMIT - gpa:
             raise GuestMemoryError(gpa, length, "overflows the 64-bit address space")
-        regions = self._regions
+        starts, regions = self._table
         if regions and 0 <= gpa - regions[0].gpa and length <= regions[0].size - (gpa - regions[0].gpa):
             return regions[0], gpa - regions[0].gpa  # fast path: RAM at the bottom
-        i = bisect.bisect_right(self._starts, gpa) - 1
+        i = bisect.bisect_right(starts, gpa) - 1
         if i >= 0:
             r = regions[i]
             off = gpa - r.gpa

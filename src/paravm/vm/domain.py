@@ -10,6 +10,7 @@ every fd, mapping, memslot and thread the domain had.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -24,6 +25,7 @@ from .backend import VmBackend
 from .bus import Bus
 from .console import Console, Sink
 from .corecalls import register_core_calls
+from .ramslots import RamSlots
 from .vcpu import GuestStop, VcpuRunner, VcpuState, format_dump
 
 CRASH_EXIT_CODE = 70   # sysexits EX_SOFTWARE: what `paravm run` reports for a crash
@@ -104,6 +106,8 @@ class Domain:
         self._on_start = on_start
         self._closers: list = []     # called in reverse order by destroy()
         self._irqfds: set[Irqfd] = set()
+        self._slot_lock = threading.RLock()  # memslot and bus changes after build
+        self._frame_slots: dict[int, int] = {}   # map_frames GPA -> memslot
         self._destroyed = False
         self.t_start_ns: int | None = None
         self.t_stop_ns: int | None = None
@@ -120,8 +124,9 @@ class Domain:
         self.ram = ram
         self.memory.add_region(Region(0, ram))
         self._closers.append(self.memory.close)
-        slot = self.vm.map_memory(0, ram.size, ram.hva)
-        self._closers.append(lambda: self.vm.unmap_memory(slot))
+        self.ram_slots = RamSlots(self.vm, ram, L.RESERVED_END)
+        self._closers.append(self.ram_slots.close)
+        self._closers.append(self._unmap_all_frames)
         # Extra regions go in before the vCPUs (and so before the irqchip):
         # a memslot added after KVM_CREATE_IRQCHIP costs ~7 ms here
         # (bench/memslot).
@@ -150,13 +155,90 @@ class Domain:
         if gpa % PAGE_SIZE or gpa < self.ram.size or gpa + frames.size > L.LAPIC_BASE - (32 << 20):
             raise ValueError(f"{self.name}: cannot map {frames.size:#x} bytes at {gpa:#x}")
         region = Region(gpa, frames, readonly=readonly)
-        self.memory.add_region(region)
-        try:
-            slot = self.vm.map_memory(gpa, frames.size, frames.hva, readonly=readonly)
-        except BaseException:
+        with self._slot_lock:
+            if self.mmio_bus.overlaps(gpa, frames.size):
+                raise ValueError(f"{self.name}: {frames.size:#x} bytes at {gpa:#x} overlap "
+                                 f"MMIO {self.mmio_bus.overlaps(gpa, frames.size)}")
+            self.memory.add_region(region)
+            try:
+                slot = self.vm.map_memory(gpa, frames.size, frames.hva, readonly=readonly)
+            except BaseException:
+                self.memory.remove_region(gpa)
+                raise
+            self._frame_slots[gpa] = slot
+
+    def unmap_frames(self, gpa: int) -> None:
+        """Undo :meth:`map_frames` of the range at *gpa* (``KeyError`` if
+        none): the memslot goes first (KVM is done with the frames when it
+        returns), then the region.  A vCPU touching the range afterwards
+        takes an MMIO exit there (a crash, unless a device claims it)."""
+        with self._slot_lock:
+            slot = self._frame_slots.pop(gpa)
+            self.vm.unmap_memory(slot)
             self.memory.remove_region(gpa)
-            raise
-        self._closers.append(lambda: self.vm.unmap_memory(slot))
+
+    def _unmap_all_frames(self) -> None:
+        with self._slot_lock:
+            slots, self._frame_slots = self._frame_slots, {}
+        for slot in slots.values():
+            self.vm.unmap_memory(slot)
+
+    # --- write tracking (specs/grant-mpt.md §E5: read-only slots) ---------------------
+    @contextlib.contextmanager
+    def quiesced(self, timeout: float = 5.0):
+        """Hold every vCPU of this domain out of the guest for the ``with``
+        body (except one running on this thread: it is out already).
+        ``RuntimeError`` if a vCPU stays in the guest for *timeout* s."""
+        me = threading.current_thread()
+        held = []
+        deadline = time.monotonic() + timeout
+        try:
+            for v in self.vcpus:
+                if v.thread is me:
+                    continue
+                held.append(v)
+                if not v.hold(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"{self.name}: vCPU {v.index} did not leave the guest "
+                                       f"within {timeout}s")
+            yield
+        finally:
+            for v in held:
+                v.release_hold()
+
+    def write_protect(self, gfn: int, on_write) -> None:
+        """Write-track RAM page *gfn*: from now on every guest write to it
+        exits, lands in the page, and then calls ``on_write(gpa, data)``
+        (*data* the bytes written: 1, 2, 4 or 8) on the writing vCPU's
+        thread.  Reads, and writes by the host, are not reported.
+        ``ValueError`` for a page outside RAM or in the reserved low MiB,
+        or one tracked already; ``RuntimeError`` if the vCPUs cannot be
+        held; ``OSError`` if KVM refuses (nothing changed)."""
+        if not self.ram_slots.trackable(gfn):
+            raise ValueError(f"{self.name}: GFN {gfn:#x} is not trackable RAM")
+        gpa = gfn * PAGE_SIZE
+        page = _TrackedPage(self.ram.buffer[gpa:gpa + PAGE_SIZE], gpa, on_write)
+        with self._slot_lock:
+            # The device goes on the bus before the page turns read-only, so
+            # the first write exit finds it.
+            self.mmio_bus.insert(gpa, PAGE_SIZE, page, f"tracked page {gfn:#x}")
+            try:
+                with self.quiesced():
+                    self.ram_slots.set_readonly(gfn, True)
+            except BaseException:
+                self.mmio_bus.remove(gpa)
+                raise
+
+    def write_unprotect(self, gfn: int) -> None:
+        """Stop tracking page *gfn* (``KeyError`` if it is not tracked).
+        A write already exiting may still call its ``on_write`` once."""
+        gpa = gfn * PAGE_SIZE
+        with self._slot_lock:
+            hit = self.mmio_bus.lookup(gpa, PAGE_SIZE)
+            if hit is None or not isinstance(hit[0], _TrackedPage):
+                raise KeyError(f"{self.name}: GFN {gfn:#x} is not tracked")
+            with self.quiesced():
+                self.ram_slots.set_readonly(gfn, False)
+            self.mmio_bus.remove(gpa)
 
     # --- running ------------------------------------------------------------------
     def start(self) -> None:
@@ -337,6 +419,26 @@ class _Reserved:
     def write(self, offset: int, data: memoryview) -> None:
         raise GuestStop(f"{len(data)}-byte write to hypercall port {HC_PORT + offset:#x} "
                         "(hypercalls are 4-byte OUTs)")
+
+
+class _TrackedPage:
+    """The MMIO-bus device of a write-tracked page: completes the write the
+    read-only memslot turned into an exit, then reports it."""
+
+    __slots__ = ("view", "gpa", "on_write")
+
+    def __init__(self, view: memoryview, gpa: int, on_write) -> None:
+        self.view, self.gpa, self.on_write = view, gpa, on_write
+
+    def write(self, offset: int, data: memoryview) -> None:
+        n = len(data)
+        self.view[offset:offset + n] = data
+        self.on_write(self.gpa + offset, bytes(data))
+
+    def read(self, offset: int, data: memoryview) -> None:
+        # A read-only slot serves reads from memory; should one exit anyway,
+        # it reads what the page holds.
+        data[:] = self.view[offset:offset + len(data)]
 
 
 class Irqfd:

@@ -223,28 +223,35 @@ class KvmVm(VmBackend):
         self._free_slots: list[int] = []
         self._next_slot = 0
         self._slots: dict[int, tuple[int, int]] = {}
+        self._slot_lock = threading.Lock()
         self._routes: dict[int, tuple[int, int]] = {}  # gsi -> (address, data)
         self._next_gsi = 24  # above the IOAPIC pins
         self._free_gsis: list[int] = []
         self._vcpus: list[KvmVcpu] = []
 
     def map_memory(self, gpa: int, size: int, hva: int, readonly: bool = False) -> int:
-        slot = self._free_slots.pop() if self._free_slots else self._next_slot
-        if slot == self._next_slot:
-            self._next_slot += 1
-        flags = abi.KVM_MEM_READONLY if readonly else 0
-        try:
-            self.vm.set_user_memory_region(slot, gpa, size, hva, flags)
-        except OSError:
-            self._free_slots.append(slot)
-            raise
-        self._slots[slot] = (gpa, size)
-        return slot
+        # Services change memslots from several threads (page tracking on a
+        # vCPU thread, a mediated device's mapping on another); the slot
+        # numbers and the one ioctl struct are shared.
+        with self._slot_lock:
+            slot = self._free_slots.pop() if self._free_slots else self._next_slot
+            if slot == self._next_slot:
+                self._next_slot += 1
+            flags = abi.KVM_MEM_READONLY if readonly else 0
+            try:
+                self.vm.set_user_memory_region(slot, gpa, size, hva, flags)
+            except OSError:
+                self._free_slots.append(slot)
+                raise
+            self._slots[slot] = (gpa, size)
+            return slot
 
     def unmap_memory(self, slot: int) -> None:
-        gpa, _ = self._slots.pop(slot)
-        self.vm.set_user_memory_region(slot, gpa, 0, 0)
-        self._free_slots.append(slot)
+        with self._slot_lock:
+            gpa, _ = self._slots[slot]
+            self.vm.set_user_memory_region(slot, gpa, 0, 0)
+            del self._slots[slot]
+            self._free_slots.append(slot)
 
     def create_vcpu(self, index: int, *, entry: int, ram_size: int,
                     idt_limit: int) -> KvmVcpu:

@@ -78,6 +78,8 @@ class VcpuRunner:
         self._pause = False
         self._pause_gen = 0
         self._parked_gen = 0
+        self._holds = 0          # hold() calls not yet released
+        self.in_guest = False    # inside KVM_RUN (or about to enter it)
         self.thread: threading.Thread | None = None
 
     # --- control (any thread) -----------------------------------------------
@@ -144,6 +146,36 @@ class VcpuRunner:
             self._pause = False
             self._cond.notify_all()
 
+    def hold(self, timeout: float = 5.0) -> bool:
+        """Keep the vCPU out of the guest until :meth:`release_hold`, and
+        wait until it is out: True once it is parked, stopped, not started
+        yet, or between two exits (running VMM code, perhaps blocked on a
+        lock the caller holds: it cannot enter the guest again, since the
+        kick's ``immediate_exit`` bounces its next ``KVM_RUN`` and the hold
+        then parks it).  False if it was still in the guest after *timeout*
+        seconds (release the hold anyway).  For memslot changes under a
+        running guest; calls nest."""
+        with self._cond:
+            self._holds += 1
+            if self.state in (VcpuState.CREATED, VcpuState.STOPPED):
+                return True
+        self.backend.kick()
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self.state in (VcpuState.PAUSED, VcpuState.STOPPED) or not self.in_guest:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                # The vCPU thread clears in_guest without a notify: poll.
+                self._cond.wait(min(left, 0.0002))
+
+    def release_hold(self) -> None:
+        with self._cond:
+            self._holds -= 1
+            self._cond.notify_all()
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; True if it has (or never started)."""
         if self.thread is not None:
@@ -184,7 +216,7 @@ class VcpuRunner:
         the guest until resumed or stopped.  A kick left over from the
         request costs one spurious EXIT_INTR later, nothing more."""
         with self._cond:
-            while self._pause and not self._stop:
+            while (self._pause or self._holds) and not self._stop:
                 self.state = VcpuState.PAUSED
                 self._parked_gen = self._pause_gen
                 self._cond.notify_all()
@@ -206,12 +238,14 @@ class VcpuRunner:
         HC_MAX, ENOSYS, EFAULT = hc.HC_MAX, -hc.ENOSYS, -hc.EFAULT
         # Only the register form is inlined here (the ABI the SDK uses); the
         # block form and every other exit go through handle_exit.
-        if self._pause:
+        if self._pause or self._holds:
             self._park()
         if self._stop:
             return
         while True:
+            self.in_guest = True
             kind = run()
+            self.in_guest = False
             if timing:
                 t0 = perf()
             counts[kind] += 1
@@ -240,7 +274,7 @@ class VcpuRunner:
                 be.clear_kick()
                 if self._stop:
                     return
-                if self._pause:
+                if self._pause or self._holds:
                     self._park()
                     if self._stop:
                         return

@@ -28,6 +28,8 @@ numbers; ``tests/unit/test_guest_abi.py`` checks that both agree).
     0xF4000000 PVZ firmware heap carve-out slices (services/pvz)
     0xF8000000 PVZ GPU heap carve-out slices
     0xFC000000 PVZ GPU registers (MMIO, devices/pvzgpu)
+    0xFCC00000 mediated GPU OpRegion, 8 KiB read-only (services/mpt, devices/mgpu)
+    0xFD000000 mediated GPU registers (a trap area: MMIO, no memslot)
     0xFEE00000 local APIC (in-kernel; no memslot)
 """
 
@@ -73,6 +75,11 @@ PVZ_HEAP_MAX = 8 << 20
 PVZ_REGS_GPA = 0xFC000000           # the GPU's register bank (MMIO, no memslot)
 VEC_PVZ_GPU = 0xE1
 
+# Mediated pass-through (specs/grant-mpt.md part E; services/mpt, devices/mgpu.py).
+MPT_OPREGION_GPA = 0xFCC00000      # set_opregion maps it here, read-only
+MGPU_REGS_GPA = 0xFD000000
+VEC_MGPU = 0xE2
+
 # GDT selectors
 SEL_KERNEL_CS = 0x08
 SEL_KERNEL_DS = 0x10
@@ -111,6 +118,8 @@ BI_OFF_EVTCHN_VECTOR = 0x84    # u32: the event channel upcall vector
 BI_OFF_PVZ = 0x88              # u32: 1 if the domain has a PVZ connection
 BI_OFF_PVZ_FW_ORIGIN = 0x8C    # u32: PVRSRV_DEVICE_PHYS_HEAP_ORIGIN_* of the FW heap
 BI_OFF_PVZ_FW_HEAP_SIZE = 0x90  # u64: RGX_FIRMWARE_HEAP_SIZE, bytes
+BI_OFF_MGPU = 0x98             # u32: 1 if the domain has an example mediated GPU
+BI_OFF_MGPU_OPREGION = 0x9C    # u32: GPA of its OpRegion, 0: none
 BI_OFF_ARGS = 0x100
 BI_ARGS_MAX = 2048
 
