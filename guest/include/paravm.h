@@ -126,6 +126,11 @@ int snprintf(char *buf, size_t size, const char *fmt, ...) __attribute__((format
 int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int puts(const char *s);
 
+/* --- checksums ------------------------------------------------------------ */
+/* The IEEE CRC-32 of n bytes at p, continuing from crc (0 to start): the
+ * value Python's zlib.crc32(data, crc) gives. */
+uint32_t pv_crc32(uint32_t crc, const void *p, size_t n);
+
 /* --- pages -------------------------------------------------------------- */
 /* n zeroed, page-aligned pages of RAM from the heap (boot info heap_start ..
  * heap_end), never given back: for grant-shared buffers, rings and the like.

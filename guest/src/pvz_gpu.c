@@ -136,12 +136,5 @@ int pvz_gpu_run(struct pvz_gpu *g, const struct pvz_gpu_cmd *cmd, uint64_t *resu
 
 uint32_t pvz_crc32(uint32_t crc, const void *p, size_t n)
 {
-    const uint8_t *b = p;
-    crc = ~crc;
-    while (n--) {
-        crc ^= *b++;
-        for (int k = 0; k < 8; k++)
-            crc = (crc >> 1) ^ (0xEDB88320u & -(crc & 1));
-    }
-    return ~crc;
+    return pv_crc32(crc, p, n);
 }
