@@ -85,6 +85,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     out += _lguest_rows()
     out += _grant_rows()
     out += _pvz_rows()
+    out += _mpt_rows()
     return out
 
 
@@ -197,6 +198,31 @@ def _pvz_rows() -> list[tuple[str, str, str, str, str]]:
                     f"OSID 2: {d['osid2']['median'] / 1e3:.1f} k/s",
                     f"OSID 1 share {d['share_osid1']:.2f}", "—"))
     return out
+
+
+def _mpt_rows() -> list[tuple[str, str, str, str, str]]:
+    mp = _load("mpt")
+    if not mp:
+        return []
+    rt, tw, pt = mp["roundtrip_us"], mp["tracked_write_us"], mp["page_track_ms"]
+    dc = mp["device_commands_per_s"]
+    w = dc["fill_w"]
+    return [
+        ("trapped MMIO write round trip (`mpt`)", f"{rt['trapped_mmio_write']['median']:.0f} us",
+         f"bare hypercall (`HC_NOP`): {rt['hc_nop']['median']:.0f} us",
+         f"{rt['ratio']['mmio/nop']:.2f}x", "—"),
+        ("8-byte store to a write-tracked page (exit, VMM completes it, handler)",
+         f"{tw['tracked']['median']:.0f} us",
+         f"`HC_NOP`: {rt['hc_nop']['median']:.0f} us; untracked store "
+         f"{tw['untracked']['median'] * 1e3:.0f} ns",
+         f"{tw['ratio']['tracked/nop']:.2f}x", "—"),
+        ("`enable_page_track` / `disable_page_track` (memslot split / merge)",
+         f"{pt['enable']['median']:.1f} ms", f"disable: {pt['disable']['median']:.1f} ms",
+         "—", "—"),
+        (f"example mediated GPU commands/s, {dc['per_doorbell']} per doorbell",
+         f"NOP: {dc['nop']['median'] / 1e3:.0f} k/s",
+         f"FILL {w}x{w} px: {dc[f'fill_{w}x{w}']['median'] / 1e3:.1f} k/s", "—", "—"),
+    ]
 
 
 def table() -> str:
