@@ -71,7 +71,12 @@
 #define MGPU_IRQ_COMPLETE       1u      /* a doorbell's commands are done */
 #define MGPU_IRQ_ERROR          2u      /* one of them failed */
 
-/* GTT entries: 64-bit, bit 0 present, bits 12..51 the GPA of the page. */
+/* GTT entries: 64-bit, bit 0 present, bits 12..51 the GPA of the page; any
+ * other bit set makes the entry a fault entry, as does a page outside the
+ * guest's RAM or in its reserved first MiB.  An aligned 8-byte store to an
+ * entry takes effect at once, an aligned 4-byte store at the next doorbell;
+ * any other store makes every entry it touched a fault entry until it is
+ * written again properly. */
 #define MGPU_GTT_MAX_PAGES      16
 #define MGPU_GTT_ENTRIES_PER_PAGE 512
 #define MGPU_GTT_PRESENT        1ull

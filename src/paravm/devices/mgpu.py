@@ -84,7 +84,12 @@ class Mgpu:
         self.mpt, self.png = mpt, png
         self.handle = 0
         self._lock = threading.RLock()
-        self.regs = dict.fromkeys(range(0, 0x5C + 1, 4), 0)
+        self.regs = dict.fromkeys((REG_ID, REG_VERSION, REG_STATUS, REG_ERROR, REG_GTT_BASE_LO,
+                                   REG_GTT_BASE_HI, REG_GTT_PAGES, REG_RING_BASE_LO,
+                                   REG_RING_BASE_HI, REG_RING_SIZE, REG_RING_TAIL,
+                                   REG_IRQ_STATUS, REG_IRQ_ENABLE, REG_MSI_CONTROL,
+                                   REG_MSI_ADDRESS, REG_MSI_DATA, REG_FENCE_LO, REG_FENCE_HI,
+                                   REG_OPREGION), 0)
         self.regs[REG_ID], self.regs[REG_VERSION] = MGPU_ID, MGPU_VERSION
         self.gtt_gpa = 0
         self.gtt_pages = 0
@@ -98,6 +103,7 @@ class Mgpu:
         self.presents = 0
         self.irqs = 0
         self.last_frame: bytes | None = None   # RGB bytes of the last present
+        self.png_error = ""              # the last PNG that could not be written
         self.last_size = (0, 0)
 
     # --- registers (the trap area) -----------------------------------------------------
@@ -105,7 +111,7 @@ class Mgpu:
         off = self._reg(gpa, data)
         with self._lock:
             if off == REG_STATUS:
-                v = (STATUS_GTT_VALID if self.gtt_pages else 0) | \
+                v = (STATUS_GTT_VALID if self.shadow else 0) | \
                     (STATUS_RING_VALID if self.ring_size else 0) | \
                     (self.regs[REG_STATUS] & STATUS_ERROR)
             elif off == REG_RING_HEAD:
@@ -126,6 +132,8 @@ class Mgpu:
             if off == REG_IRQ_STATUS:
                 self.regs[off] &= ~v
                 return
+            if off not in self.regs:
+                return                                   # no register there
             self.regs[off] = v
             if off == REG_GTT_PAGES:
                 self._load_gtt()
@@ -149,22 +157,23 @@ class Mgpu:
         base = self.regs[REG_GTT_BASE_LO] | self.regs[REG_GTT_BASE_HI] << 32
         if n == 0 or n > GTT_MAX_PAGES or base % PAGE_SIZE:
             return
-        raw = bytearray(n * PAGE_SIZE)
-        if self.mpt.read_gpa(self.handle, base, raw) < 0:
-            return
+        # Track first, then read (GVT's order): a store another vCPU makes
+        # meanwhile is either in what is read or reported afterwards.
         self.gtt_gpa = base
-        entries = struct.unpack(f"<{n * GTT_ENTRIES_PER_PAGE}Q", raw)
-        self.shadow = [self._map_entry(e) for e in entries]
-        tracked = 0
         for i in range(n):
             if self.mpt.enable_page_track(self.handle, (base >> PAGE_SHIFT) + i) < 0:
-                break
-            tracked += 1
-        self.gtt_pages = tracked
-        if tracked < n:
-            # A GTT the device cannot track is not loaded (its entries could
-            # change behind the shadow).
+                # A GTT the device cannot track is not loaded (its entries
+                # could change behind the shadow).
+                self.gtt_pages = i
+                self._unload_gtt()
+                return
+            self.gtt_pages = i + 1
+        raw = bytearray(n * PAGE_SIZE)
+        if self.mpt.read_gpa(self.handle, base, raw) < 0:
             self._unload_gtt()
+            return
+        entries = struct.unpack(f"<{n * GTT_ENTRIES_PER_PAGE}Q", raw)
+        self.shadow = [self._map_entry(e) for e in entries]
 
     def _unload_gtt(self) -> None:
         for i in range(self.gtt_pages):
@@ -207,22 +216,23 @@ class Mgpu:
     def write_protect_handler(self, gpa: int, data: bytes) -> int:
         """A guest store to a GTT page, after it landed (KVM's order)."""
         with self._lock:
-            index = (gpa - self.gtt_gpa) // 8
-            if not self.gtt_pages or not 0 <= index < len(self.shadow):
-                return 0
             n = len(data)
+            first, last = (gpa - self.gtt_gpa) // 8, (gpa + n - 1 - self.gtt_gpa) // 8
+            if not self.shadow or first < 0 or last >= len(self.shadow):
+                return 0                         # not the loaded GTT (or loading)
             if n == 8 and gpa % 8 == 0:
-                self._reshadow(index)
-                self.dirty.discard(index)
+                self._reshadow(first)
+                self.dirty.discard(first)
                 return 0
             if n == 4 and gpa % 4 == 0:
-                self.dirty.add(index)            # the other half may follow
+                self.dirty.add(first)            # the other half may follow
                 return 0
-            # GVT's handler takes 4- and 8-byte writes only: the entry is
-            # unusable until the guest writes it properly.
-            old, self.shadow[index] = self.shadow[index], _NO_PAGE
-            self._unmap_entry(old)
-            self.dirty.discard(index)
+            # GVT's handler takes aligned 4- and 8-byte writes only: every
+            # entry the store touched is unusable until written properly.
+            for index in range(first, last + 1):
+                old, self.shadow[index] = self.shadow[index], _NO_PAGE
+                self._unmap_entry(old)
+                self.dirty.discard(index)
             return -22
 
     # --- the ring ------------------------------------------------------------------------------
@@ -277,7 +287,7 @@ class Mgpu:
             return E_OK, 0
         if op > OP_PRESENT:
             return E_BAD_OP, 0
-        if not self.gtt_pages:
+        if not self.shadow:
             return E_NO_GTT, 0
         if op == OP_PRESENT and (x or y):
             return E_BAD_RECT, 0
@@ -343,7 +353,10 @@ class Mgpu:
         self.last_frame, self.last_size = img.tobytes(), (w, h)
         self.presents += 1
         if self.png is not None:
-            img.save(self.png, format="PNG")
+            try:
+                img.save(self.png, format="PNG")
+            except OSError as e:      # the host's disk, not the guest's fault
+                self.png_error = f"{self.png}: {e.strerror or e}"
 
     # --- lifetime ----------------------------------------------------------------------------------
     def release(self) -> None:
@@ -354,8 +367,8 @@ class Mgpu:
     def stats(self) -> dict:
         return {"commands": self.commands, "faults": self.faults, "presents": self.presents,
                 "irqs": self.irqs, "gtt_pages": self.gtt_pages,
-                "track_errors": self.mpt._instances[self.handle].track_errors
-                if self.handle in self.mpt._instances else 0}
+                "track_errors": self.mpt.track_errors(self.handle),
+                "png_error": self.png_error}
 
 
 def _gather(row) -> bytes:

@@ -224,6 +224,7 @@ class KvmVm(VmBackend):
         self._next_slot = 0
         self._slots: dict[int, tuple[int, int]] = {}
         self._slot_lock = threading.Lock()
+        self._irq_lock = threading.Lock()
         self._routes: dict[int, tuple[int, int]] = {}  # gsi -> (address, data)
         self._next_gsi = 24  # above the IOAPIC pins
         self._free_gsis: list[int] = []
@@ -270,28 +271,32 @@ class KvmVm(VmBackend):
                                  for gsi, (a, d) in sorted(self._routes.items())])
 
     def irqfd(self, fd: int, address: int, data: int) -> int:
-        if self._free_gsis:
-            gsi = self._free_gsis.pop()
-        else:
-            gsi = self._next_gsi
-            self._next_gsi += 1
-        self._routes[gsi] = (address, data)
-        try:
-            self._install_routes()
-            self.vm.irqfd(fd, gsi)
-        except OSError:
-            del self._routes[gsi]
-            self._free_gsis.append(gsi)
-            raise
-        return gsi
+        # A device model may add a route from a vCPU thread while another
+        # thread adds or removes one: the GSI table is shared.
+        with self._irq_lock:
+            if self._free_gsis:
+                gsi = self._free_gsis.pop()
+            else:
+                gsi = self._next_gsi
+                self._next_gsi += 1
+            self._routes[gsi] = (address, data)
+            try:
+                self._install_routes()
+                self.vm.irqfd(fd, gsi)
+            except OSError:
+                del self._routes[gsi]
+                self._free_gsis.append(gsi)
+                raise
+            return gsi
 
     def irqfd_remove(self, fd: int, gsi: int) -> None:
-        try:
-            self.vm.irqfd(fd, gsi, deassign=True)
-        finally:
-            if self._routes.pop(gsi, None) is not None:
-                self._free_gsis.append(gsi)
-            self._install_routes()
+        with self._irq_lock:
+            try:
+                self.vm.irqfd(fd, gsi, deassign=True)
+            finally:
+                if self._routes.pop(gsi, None) is not None:
+                    self._free_gsis.append(gsi)
+                self._install_routes()
 
     def ioeventfd(self, fd: int, addr: int, length: int, *, pio: bool,
                   datamatch: int | None = None, deassign: bool = False) -> None:

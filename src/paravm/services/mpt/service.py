@@ -53,13 +53,23 @@ from ...vm.vcpu import GuestStop
 from . import abi as A
 
 _U64 = 1 << 64
+_FIRST_GUEST_GFN = L.RESERVED_END >> PAGE_SHIFT
 
 
 class _DmaEntry:
-    __slots__ = ("gfn", "size", "dma_addr", "refs", "view")
+    __slots__ = ("gfn", "size", "dma_addr", "refs", "view", "given")
 
     def __init__(self, gfn: int, size: int, dma_addr: int, view: memoryview) -> None:
         self.gfn, self.size, self.dma_addr, self.refs, self.view = gfn, size, dma_addr, 1, view
+        self.given: list[memoryview] = []      # dma_view results, released at unmap
+
+    def release(self) -> None:
+        for v in self.given + [self.view]:
+            try:
+                v.release()
+            except BufferError:   # the device sliced it further: its own to drop
+                pass
+        self.given.clear()
 
 
 class _TrapArea:
@@ -187,7 +197,9 @@ class MptService:
         """Unbind: 0; ``-ESRCH`` for an unknown handle, ``-EBUSY`` while
         :meth:`get_vfio_device` references are held (kvmgt refuses to remove
         an mdev still open).  Untracks its pages, removes its trap areas,
-        mappings and OpRegion, drops its DMA cache and MSI routes."""
+        mappings and OpRegion, drops its DMA cache and MSI routes; a step
+        that fails is reported on the domain's console and the rest still
+        run (the handle is gone either way)."""
         with self._lock:
             inst = self._instances.get(handle)
             if inst is None:
@@ -197,30 +209,37 @@ class MptService:
             self._drop(inst)
         return 0
 
-    def _drop(self, inst: _Instance) -> None:
-        """Release everything *inst* holds (the lock is held)."""
+    def _drop(self, inst: _Instance) -> list[str]:
+        """Release everything *inst* holds (the lock is held).  Every step
+        runs whatever the others did; the failures, as text (a page left
+        read-only has lost its bus device: a guest write there stops that
+        guest, as to any unclaimed MMIO address)."""
         dom = inst.domain
         del self._instances[inst.handle]
         del self._by_domain[(id(dom), inst.type_name)]
         live = not getattr(dom, "_destroyed", False)
-        for gfn in list(inst.tracked):
-            self._untrack(inst, gfn, live)
-        for start in list(inst.traps):
-            if live:
-                dom.mmio_bus.remove(start)
-        inst.traps.clear()
+        steps = [lambda g=gfn: self._untrack(inst, g, live) for gfn in list(inst.tracked)]
         if live:
-            for gfn in list(inst.mapped):
-                dom.unmap_frames(gfn << PAGE_SHIFT)
+            steps += [lambda s=start: dom.mmio_bus.remove(s) for start in list(inst.traps)]
+            steps += [lambda g=gfn: dom.unmap_frames(g << PAGE_SHIFT) for gfn in list(inst.mapped)]
+        steps.append(lambda: self._drop_opregion(inst, live))
+        steps += [e.release for e in inst.dma_by_gfn.values()]
+        steps += [irq.close for irq in inst.irqfds.values()]
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - release the rest regardless
+                errors.append(f"{type(e).__name__}: {e}")
+        inst.tracked.clear()
+        inst.traps.clear()
         inst.mapped.clear()
-        self._drop_opregion(inst, live)
-        for e in inst.dma_by_gfn.values():
-            e.view.release()
         inst.dma_by_gfn.clear()
         inst.dma_by_addr.clear()
-        for irq in inst.irqfds.values():
-            irq.close()
         inst.irqfds.clear()
+        if errors:
+            _report(dom, f"{inst.type_name}: releasing the instance: " + "; ".join(errors))
+        return errors
 
     def get_vfio_device(self, handle: int) -> int:
         """Take a reference that keeps the instance bound (an exported
@@ -256,7 +275,8 @@ class MptService:
         if inst is None:
             return -A.ESRCH
         if not isinstance(addr, int) or not isinstance(data, int) or \
-                addr & A.MSI_ADDRESS_MASK != A.MSI_ADDRESS_BASE or not 0 <= data <= 0xFFFF:
+                not 0 <= addr <= 0xFFFFFFFF or addr & A.MSI_ADDRESS_MASK != A.MSI_ADDRESS_BASE \
+                or not 0 <= data <= 0xFFFF:
             return -A.EINVAL
         dest, vector = (addr >> 12) & 0xFF, data & 0xFF
         irq = inst.irqfds.get((dest, vector))
@@ -318,12 +338,14 @@ class MptService:
         return A.INTEL_GVT_INVALID_ADDR
 
     def is_valid_gfn(self, handle: int, gfn: int) -> bool:
-        """True if *gfn* is a page of the domain's own RAM (kvmgt asks
-        ``kvm_is_visible_gfn``; here shared windows, carve-outs and mapped
-        device frames are not pages a device may be pointed at); False for
-        an unknown handle."""
+        """True if *gfn* is a page of the domain's own RAM above the reserved
+        first MiB (kvmgt asks ``kvm_is_visible_gfn``; here shared windows,
+        carve-outs and mapped device frames are not pages a device may be
+        pointed at, nor the page tables, GDT, IDT and stub stacks the VMM
+        built); False for an unknown handle."""
         inst = self._instances.get(handle)
-        return inst is not None and isinstance(gfn, int) and 0 <= gfn < inst.domain.ram.nframes
+        return inst is not None and isinstance(gfn, int) and \
+            _FIRST_GUEST_GFN <= gfn < inst.domain.ram.nframes
 
     # --- guest memory ----------------------------------------------------------------------
     def read_gpa(self, handle: int, gpa: int, buf) -> int:
@@ -334,8 +356,10 @@ class MptService:
 
     def write_gpa(self, handle: int, gpa: int, data) -> int:
         """Copy *data* into guest memory at *gpa*: 0; ``-ESRCH``; ``-EFAULT``
-        if any byte is outside the guest's memory or read-only (nothing is
-        written then).  Tracked pages are not reported (host writes)."""
+        if any byte is outside the guest's memory, read-only, or in the
+        reserved first MiB the VMM built (page tables, GDT, IDT, stub
+        stacks: never written on a guest's behalf) -- nothing is written
+        then.  Tracked pages are not reported (host writes)."""
         return self._rw(handle, gpa, data, True)
 
     def _rw(self, handle: int, gpa: int, buf, write: bool) -> int:
@@ -352,7 +376,7 @@ class MptService:
             while True:
                 region, off = mem.check_range(at, min(left, 1))
                 n = min(left, region.size - off)
-                if write and region.readonly:
+                if write and (region.readonly or at < L.RESERVED_END):
                     return -A.EFAULT
                 pieces.append((region, off, n))
                 at, left = at + n, left - n
@@ -404,7 +428,8 @@ class MptService:
     def disable_page_track(self, handle: int, gfn: int) -> int:
         """Stop reporting writes to *gfn*: 0 (also when not tracked, or for
         an unknown handle, as kvmgt); ``-EINVAL`` for a GFN outside RAM;
-        ``-EBUSY`` if the vCPUs could not be held out of the guest."""
+        ``-EBUSY`` if the vCPUs could not be held out of the guest;
+        ``-ENOMEM`` if KVM refuses the memslots (the page stays tracked)."""
         with self._lock:
             inst = self._instances.get(handle)
             if inst is None:
@@ -417,9 +442,14 @@ class MptService:
                 self._untrack(inst, gfn, True)
             except RuntimeError:
                 return -A.EBUSY
+            except OSError:
+                return -A.ENOMEM
         return 0
 
     def _untrack(self, inst: _Instance, gfn: int, live: bool) -> None:
+        """Stop *inst* tracking *gfn*; the page turns read-write with its
+        last tracker.  If the memslot change fails, *inst* still tracks it
+        (and the error propagates)."""
         key = (id(inst.domain), gfn)
         users = self._pages[key]
         if live and len(users) == 1:
@@ -449,13 +479,14 @@ class MptService:
         same GFN with another size -> the old entry is dropped whatever its
         references, and a new one made.  ``(-EINVAL, 0)`` for an unknown
         handle or a bad size; ``(-EFAULT, 0)`` if a page is not the guest's
-        RAM (kvmgt: a non-RAM pfn)."""
+        RAM above the reserved first MiB (kvmgt: a non-RAM pfn)."""
         with self._lock:
             inst = self._instances.get(handle)
             if inst is None or not isinstance(size, int) or size <= 0 or size % PAGE_SIZE:
                 return -A.EINVAL, 0
             ram = inst.domain.ram
-            if not isinstance(gfn, int) or not 0 <= gfn or gfn + size // PAGE_SIZE > ram.nframes:
+            if not isinstance(gfn, int) or not _FIRST_GUEST_GFN <= gfn \
+                    or gfn + size // PAGE_SIZE > ram.nframes:
                 return -A.EFAULT, 0
             e = inst.dma_by_gfn.get(gfn)
             if e is not None:
@@ -484,13 +515,16 @@ class MptService:
     def _dma_drop(self, inst: _Instance, e: _DmaEntry) -> None:
         del inst.dma_by_gfn[e.gfn]
         del inst.dma_by_addr[e.dma_addr]
-        e.view.release()
+        e.release()
 
     def dma_view(self, handle: int, dma_addr: int, length: int) -> memoryview | None:
         """The device's own access to memory it mapped (what the GPU does
         through the IOMMU): a view of *length* bytes at *dma_addr*, which
         must lie inside one live :meth:`dma_map_guest_page` mapping of this
-        instance; else None.  Release the view when done."""
+        instance; else None.  The view is released when the mapping goes
+        (its last unmap, a remap with another size, detach, the domain's
+        stop), so a device cannot reach the page after that -- but a slice
+        it took of the view is its own to release."""
         inst = self._instances.get(handle)
         if inst is None or not isinstance(dma_addr, int) or not isinstance(length, int):
             return None
@@ -507,10 +541,12 @@ class MptService:
         off = dma_addr - e.dma_addr
         if off + length > e.size:
             return None
-        try:
-            return e.view[off:off + length]
-        except ValueError:        # released by a racing unmap
-            return None
+        with self._lock:
+            if inst.dma_by_addr.get(e.dma_addr) is not e:
+                return None       # unmapped meanwhile
+            v = e.view[off:off + length]
+            e.given.append(v)
+            return v
 
     # --- the domain's GPA space ------------------------------------------------------------
     def map_gfn_to_mfn(self, handle: int, gfn: int, mfn: int, nr: int, map: bool) -> int:
@@ -519,7 +555,8 @@ class MptService:
         *gfn* (``not map``): 0; ``-EINVAL`` for an unknown handle, frames
         that are not one live range, a GFN range not in the 32-bit hole
         (above RAM, below the local APIC less 32 MiB) or nothing mapped
-        there; ``-EEXIST`` if the range overlaps memory or a trap area.
+        there; ``-EEXIST`` if the range overlaps memory or a trap area;
+        ``-ENOMEM`` if KVM refuses the memslot.
         Device memory the host owns (an aperture); mapping another
         domain's frames is the host's privilege, as Xen's
         iomem_permission is dom0's."""
@@ -598,7 +635,8 @@ class MptService:
                      gpa: int = L.MPT_OPREGION_GPA) -> int:
         """Show *opregion* (at most 8 KiB, starting with the signature
         "IntelGraphicsMem") to the guest, read-only, at *gpa* (zero-padded
-        to 8 KiB; a second call replaces the first).  0; ``-ENOMEM`` for no
+        to 8 KiB; a second call replaces the first, which stays if the
+        second fails).  0; ``-ENOMEM`` for no
         OpRegion (kvmgt: no mapping) or if frames cannot be had;
         ``-EINVAL`` for an unknown handle, a bad signature or size, or a
         GPA that is taken.  Guest writes to it are dropped (kvmgt: -EINVAL
@@ -613,7 +651,10 @@ class MptService:
             if inst is None:
                 return -A.EINVAL
             dom = inst.domain
-            self._drop_opregion(inst, True)
+            if inst.opregion is not None and inst.opregion[2] == gpa:
+                buf = inst.opregion[0].buffer
+                buf[:] = data + bytes(A.OPREGION_SIZE - len(data))
+                return 0
             try:
                 fr = self.machine.alloc(A.OPREGION_SIZE // PAGE_SIZE,
                                         f"{dom.name}.{inst.type_name}.opregion")
@@ -633,6 +674,7 @@ class MptService:
                 dom.unmap_frames(gpa)
                 self.machine.free(fr)
                 return -A.EINVAL
+            self._drop_opregion(inst, True)
             inst.opregion = (fr, dev, gpa)
         return 0
 
@@ -672,15 +714,29 @@ class MptService:
             try:
                 if release is not None:
                     release(inst.vgpu)
-            finally:
-                with self._lock:
-                    if inst.handle in self._instances:
-                        self._drop(inst)
+            except Exception as e:  # noqa: BLE001 - the other instances go on
+                _report(domain, f"{inst.type_name}: release failed: {type(e).__name__}: {e}")
+            with self._lock:
+                if inst.handle in self._instances:
+                    self._drop(inst)
 
     def close(self) -> None:
         with self._lock:
             for inst in list(self._instances.values()):
                 self._drop(inst)
+
+    def track_errors(self, handle: int) -> int:
+        """Negative results of the instance's ``write_protect_handler`` so far."""
+        inst = self._instances.get(handle)
+        return 0 if inst is None else inst.track_errors
+
+
+def _report(domain, text: str) -> None:
+    """Tell the domain's console (where a user of `paravm run` sees it)."""
+    try:
+        domain.console.write(f"[paravm] mpt: {text}\n".encode())
+    except Exception:  # noqa: BLE001 - a report must not fail a teardown
+        pass
 
 
 def _overlaps_memory(mem, gpa: int, size: int) -> bool:
