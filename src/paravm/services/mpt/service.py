@@ -211,14 +211,15 @@ class MptService:
 
     def _drop(self, inst: _Instance) -> list[str]:
         """Release everything *inst* holds (the lock is held).  Every step
-        runs whatever the others did; the failures, as text (a page left
-        read-only has lost its bus device: a guest write there stops that
-        guest, as to any unclaimed MMIO address)."""
+        runs whatever the others did; the failures, as text.  A page whose
+        unprotect failed stays read-only and on the bus (its writes land,
+        no one is told) until its next tracker leaves or the domain goes."""
         dom = inst.domain
         del self._instances[inst.handle]
         del self._by_domain[(id(dom), inst.type_name)]
         live = not getattr(dom, "_destroyed", False)
-        steps = [lambda g=gfn: self._untrack(inst, g, live) for gfn in list(inst.tracked)]
+        steps = [lambda g=gfn: self._untrack(inst, g, live, dropping=True)
+                 for gfn in list(inst.tracked)]
         if live:
             steps += [lambda s=start: dom.mmio_bus.remove(s) for start in list(inst.traps)]
             steps += [lambda g=gfn: dom.unmap_frames(g << PAGE_SHIFT) for gfn in list(inst.mapped)]
@@ -279,24 +280,24 @@ class MptService:
                 or not 0 <= data <= 0xFFFF:
             return -A.EINVAL
         dest, vector = (addr >> 12) & 0xFF, data & 0xFF
-        irq = inst.irqfds.get((dest, vector))
-        if irq is None:
-            with self._lock:
-                if handle not in self._instances:
-                    return -A.ESRCH
-                irq = inst.irqfds.get((dest, vector))
-                if irq is None:
-                    try:
-                        irq = inst.domain.irqfd(dest, vector)
-                    except ValueError:
-                        return -A.EINVAL
-                    except OSError:
-                        return -A.EFAULT
-                    inst.irqfds[(dest, vector)] = irq
-        try:
-            irq.fire()
-        except (OSError, ValueError):
-            return -A.EFAULT
+        # Under the lock: a detach closing the eventfd cannot come between
+        # the lookup and the write (whose fd number could be reused).
+        with self._lock:
+            if handle not in self._instances:
+                return -A.ESRCH
+            irq = inst.irqfds.get((dest, vector))
+            if irq is None:
+                try:
+                    irq = inst.domain.irqfd(dest, vector)
+                except ValueError:
+                    return -A.EINVAL
+                except OSError:
+                    return -A.EFAULT
+                inst.irqfds[(dest, vector)] = irq
+            try:
+                irq.fire()
+            except (OSError, ValueError):
+                return -A.EFAULT
         return 0
 
     def inject_msi_capability(self, handle: int, control: int, address: int,
@@ -446,18 +447,27 @@ class MptService:
                 return -A.ENOMEM
         return 0
 
-    def _untrack(self, inst: _Instance, gfn: int, live: bool) -> None:
+    def _untrack(self, inst: _Instance, gfn: int, live: bool, dropping: bool = False) -> None:
         """Stop *inst* tracking *gfn*; the page turns read-write with its
-        last tracker.  If the memslot change fails, *inst* still tracks it
-        (and the error propagates)."""
+        last tracker.  A page in ``_pages`` is write-protected, even with no
+        tracker left (an unprotect that failed while *dropping*: the next
+        tracker to leave tries again).  If the memslot change fails, *inst*
+        still tracks the page unless *dropping*; the error propagates."""
         key = (id(inst.domain), gfn)
         users = self._pages[key]
-        if live and len(users) == 1:
-            inst.domain.write_unprotect(gfn)
+        try:
+            if live and users <= {inst.handle}:
+                inst.domain.write_unprotect(gfn)
+                del self._pages[key]
+        except BaseException:
+            if dropping:
+                users.discard(inst.handle)
+                inst.tracked.discard(gfn)
+            raise
         users.discard(inst.handle)
-        if not users:
-            del self._pages[key]
         inst.tracked.discard(gfn)
+        if not live and not users:
+            self._pages.pop(key, None)
 
     def _tracked_write(self, dom, gpa: int, data: bytes) -> None:
         """On the writing vCPU's thread, after the write has landed: each
@@ -545,6 +555,8 @@ class MptService:
             if inst.dma_by_addr.get(e.dma_addr) is not e:
                 return None       # unmapped meanwhile
             v = e.view[off:off + length]
+            if len(e.given) >= 64:
+                e.given = [g for g in e.given if not _released(g)]
             e.given.append(v)
             return v
 
@@ -719,6 +731,11 @@ class MptService:
             with self._lock:
                 if inst.handle in self._instances:
                     self._drop(inst)
+        with self._lock:
+            # Pages left protected with no tracker die with the domain (their
+            # key must not match a later domain object at the same id).
+            for key in [k for k in self._pages if k[0] == id(domain)]:
+                del self._pages[key]
 
     def close(self) -> None:
         with self._lock:
@@ -729,6 +746,14 @@ class MptService:
         """Negative results of the instance's ``write_protect_handler`` so far."""
         inst = self._instances.get(handle)
         return 0 if inst is None else inst.track_errors
+
+
+def _released(view: memoryview) -> bool:
+    try:
+        view.nbytes
+    except ValueError:
+        return True
+    return False
 
 
 def _report(domain, text: str) -> None:
