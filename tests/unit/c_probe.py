@@ -31,11 +31,17 @@ def probe(tmp_dir: Path, program: str, flags: tuple[str, ...] = ()) -> dict[str,
 
 
 def py_offsets(s: struct.Struct) -> list[int]:
-    """Offsets of the non-pad items of a little-endian struct.Struct format."""
+    """Offsets of the non-pad items of a little-endian struct.Struct format
+    (a repeat count gives one item each, except for ``s``/``p`` strings)."""
     fmt = s.format.lstrip("<")
     offs, prefix = [], "<"
     for count, code in re.findall(r"(\d*)([a-zA-Z?])", fmt):
-        if code != "x":
+        if code in "sp":
             offs.append(struct.calcsize(prefix))
-        prefix += count + code
+            prefix += count + code
+            continue
+        for _ in range(int(count or 1)):
+            if code != "x":
+                offs.append(struct.calcsize(prefix))
+            prefix += code
     return offs
