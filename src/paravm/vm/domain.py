@@ -208,8 +208,9 @@ class Domain:
     def write_protect(self, gfn: int, on_write) -> None:
         """Write-track RAM page *gfn*: from now on every guest write to it
         exits, lands in the page, and then calls ``on_write(gpa, data)``
-        (*data* the bytes written: 1, 2, 4 or 8) on the writing vCPU's
-        thread.  Reads, and writes by the host, are not reported.
+        (*data* the bytes written to this page: 1 to 8; a store across the
+        page's edge reports only its part on the page, as KVM's
+        track_write) on the writing vCPU's thread.  Reads, and writes by the host, are not reported.
         ``ValueError`` for a page outside RAM or in the reserved low MiB,
         or one tracked already; ``RuntimeError`` if the vCPUs cannot be
         held; ``OSError`` if KVM refuses (nothing changed)."""

@@ -79,6 +79,7 @@ class VcpuRunner:
         self._pause_gen = 0
         self._parked_gen = 0
         self._holds = 0          # hold() calls not yet released
+        self._exits_at_release: int | None = None   # exits when the last hold went
         self.in_guest = False    # inside KVM_RUN (or about to enter it)
         self.thread: threading.Thread | None = None
 
@@ -156,6 +157,14 @@ class VcpuRunner:
         seconds (release the hold anyway).  For memslot changes under a
         running guest; calls nest."""
         with self._cond:
+            if not self._holds and self._exits_at_release is not None:
+                # Back-to-back holds would starve the guest (the parked
+                # thread may not even wake between them): let it run until
+                # its next exit, for at most 1 ms.
+                end = time.monotonic() + 0.001
+                while sum(self.exit_counts) == self._exits_at_release and not self._stop \
+                        and self.state is not VcpuState.STOPPED and time.monotonic() < end:
+                    self._cond.wait(0.0002)
             self._holds += 1
             if self.state in (VcpuState.CREATED, VcpuState.STOPPED):
                 return True
@@ -174,6 +183,8 @@ class VcpuRunner:
     def release_hold(self) -> None:
         with self._cond:
             self._holds -= 1
+            if not self._holds:
+                self._exits_at_release = sum(self.exit_counts)
             self._cond.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
