@@ -45,13 +45,12 @@ class Bus:
                            f"[0, {self.limit:#x})")
         with self._lock:
             bases, entries = self._table
+            hit = _overlap(bases, entries, base, size)
+            if hit is not None:
+                b, s, _, other = hit
+                raise BusError(f"{self.name} {label}: [{base:#x}, {base + size:#x}) "
+                               f"overlaps {other} at [{b:#x}, {b + s:#x})")
             i = bisect.bisect(bases, base)
-            for j in (i - 1, i):
-                if 0 <= j < len(entries):
-                    b, s, _, other = entries[j]
-                    if base < b + s and b < base + size:
-                        raise BusError(f"{self.name} {label}: [{base:#x}, {base + size:#x}) "
-                                       f"overlaps {other} at [{b:#x}, {b + s:#x})")
             self._table = (bases[:i] + [base] + bases[i:],
                            entries[:i] + [(base, size, device, label)] + entries[i:])
 
@@ -67,14 +66,8 @@ class Bus:
 
     def overlaps(self, base: int, size: int) -> str | None:
         """The label of a range that overlaps ``[base, base+size)``, or None."""
-        bases, entries = self._table
-        i = bisect.bisect(bases, base)
-        for j in (i - 1, i):
-            if 0 <= j < len(entries):
-                b, s, _, label = entries[j]
-                if base < b + s and b < base + size:
-                    return label
-        return None
+        hit = _overlap(*self._table, base, size)
+        return None if hit is None else hit[3]
 
     def lookup(self, addr: int, length: int = 1) -> tuple[Device, int] | None:
         """``(device, offset)`` if ``[addr, addr+length)`` lies inside one
@@ -90,3 +83,15 @@ class Bus:
 
     def __len__(self) -> int:
         return len(self._table[0])
+
+
+def _overlap(bases: list[int], entries: list, base: int, size: int):
+    """The entry of a sorted, non-overlapping table that overlaps
+    ``[base, base+size)`` (only the neighbours of *base* can), or None."""
+    i = bisect.bisect(bases, base)
+    for j in (i - 1, i):
+        if 0 <= j < len(entries):
+            b, s = entries[j][0], entries[j][1]
+            if base < b + s and b < base + size:
+                return entries[j]
+    return None

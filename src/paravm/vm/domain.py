@@ -156,9 +156,10 @@ class Domain:
             raise ValueError(f"{self.name}: cannot map {frames.size:#x} bytes at {gpa:#x}")
         region = Region(gpa, frames, readonly=readonly)
         with self._slot_lock:
-            if self.mmio_bus.overlaps(gpa, frames.size):
+            device = self.mmio_bus.overlaps(gpa, frames.size)
+            if device is not None:
                 raise ValueError(f"{self.name}: {frames.size:#x} bytes at {gpa:#x} overlap "
-                                 f"MMIO {self.mmio_bus.overlaps(gpa, frames.size)}")
+                                 f"MMIO {device}")
             self.memory.add_region(region)
             try:
                 slot = self.vm.map_memory(gpa, frames.size, frames.hva, readonly=readonly)

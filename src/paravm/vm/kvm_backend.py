@@ -222,7 +222,7 @@ class KvmVm(VmBackend):
         self._irqchip = False
         self._free_slots: list[int] = []
         self._next_slot = 0
-        self._slots: dict[int, tuple[int, int]] = {}
+        self._slots: dict[int, int] = {}   # slot -> GPA
         self._slot_lock = threading.Lock()
         self._irq_lock = threading.Lock()
         self._routes: dict[int, tuple[int, int]] = {}  # gsi -> (address, data)
@@ -244,12 +244,12 @@ class KvmVm(VmBackend):
             except OSError:
                 self._free_slots.append(slot)
                 raise
-            self._slots[slot] = (gpa, size)
+            self._slots[slot] = gpa
             return slot
 
     def unmap_memory(self, slot: int) -> None:
         with self._slot_lock:
-            gpa, _ = self._slots[slot]
+            gpa = self._slots[slot]
             self.vm.set_user_memory_region(slot, gpa, 0, 0)
             del self._slots[slot]
             self._free_slots.append(slot)

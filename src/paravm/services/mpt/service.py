@@ -592,11 +592,11 @@ class MptService:
             size = nr * PAGE_SIZE
             if gpa < dom.ram.size or gpa + size > L.LAPIC_BASE - (32 << 20):
                 return -A.EINVAL
-            if _overlaps_memory(dom.memory, gpa, size) or dom.mmio_bus.overlaps(gpa, size):
-                return -A.EEXIST
             fr, index = hit
             frames = fr if index == 0 and nr == fr.nframes else fr.part(index, nr)
             try:
+                # The placement is checked above; map_frames refuses only an
+                # overlap with memory or a device now.
                 dom.map_frames(gpa, frames)
             except ValueError:
                 return -A.EEXIST
