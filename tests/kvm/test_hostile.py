@@ -77,7 +77,7 @@ CRASHES = [
     ("ap_null", 2, rf"#PF page fault at rip={HEX} error=0x4 address=0x0 \(ring 3\)", 1,
      {"vector": 14, "cr2": 0}),
     # This KVM backend splits `rep outsb` into one-byte exits (a count > 1 is
-    # tested with a fabricated exit in test_exit_handling.py).
+    # tested with a fabricated exit in test_kvm_decode.py).
     ("rep_outs", 1, rf"unknown I/O port 0x1234 \(write, 1 bytes\) at rip={HEX}", 0, {}),
 ]
 

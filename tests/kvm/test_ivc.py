@@ -6,10 +6,10 @@ import errno
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from guest_manifest import wait_console
 
 import paravm
 from paravm.config import parse_manifest
@@ -108,10 +108,7 @@ def test_every_cookie_call_from_a_guest(tmp_path, guests):
         ep = hv.ivc.host_endpoint(3)
         ep.establish(5)
         d = hv.domains["c"]
-        deadline = time.monotonic() + 10
-        while "queue full" not in d.console.text and not d.stopped:   # read nothing before
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_console(d, r"queue full", 10)                 # read nothing before
         got = [ep.read_wait(timeout=5) for _ in range(4)]
         assert got[0] == b"POKE!" + bytes(59)
         assert got[1] == b"ZERO-COPY" + bytes(55)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from guest_manifest import wait_console
 
 import paravm
 from paravm.config import parse_manifest
@@ -175,10 +176,7 @@ def test_launcher_pauses_and_resumes_a_running_guest(tmp_path, guests):
     def host(hv):
         la = hv.lguest.launcher("c")
         d = hv.domains["c"]
-        deadline = time.monotonic() + 10
-        while "hello through DMA" not in d.console.text:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_console(d, r"hello through DMA", 10)
         assert la.break_(True) is True                   # parked
         la.devices[0].feed(b"while paused\n")
         time.sleep(0.1)

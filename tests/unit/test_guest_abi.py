@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from c_probe import probe
 from paravm.arch.x86 import layout as L
 from paravm.hypercall import abi as hc
 from paravm.kvm import abi
@@ -72,26 +73,41 @@ class BootInfo(ctypes.Structure):
                 ("args", ctypes.c_char * 2048)]
 
 
+BOOT_INFO_FIELDS = [("magic", L.BI_OFF_MAGIC), ("version", L.BI_OFF_VERSION),
+                    ("domid", L.BI_OFF_DOMID), ("nr_vcpus", L.BI_OFF_NR_VCPUS),
+                    ("ram_size", L.BI_OFF_RAM_SIZE), ("heap_start", L.BI_OFF_HEAP_START),
+                    ("heap_end", L.BI_OFF_HEAP_END), ("tsc_khz", L.BI_OFF_TSC_KHZ),
+                    ("argc", L.BI_OFF_ARGC), ("args_len", L.BI_OFF_ARGS_LEN),
+                    ("name", L.BI_OFF_NAME), ("lguest_descs", L.BI_OFF_LGUEST_DESCS),
+                    ("xen_shared_info", L.BI_OFF_XEN_SHARED_INFO),
+                    ("grant_window", L.BI_OFF_GRANT_WINDOW),
+                    ("grant_window_ro", L.BI_OFF_GRANT_WINDOW_RO),
+                    ("grant_window_pages", L.BI_OFF_GRANT_WINDOW_PAGES),
+                    ("evtchn_vector", L.BI_OFF_EVTCHN_VECTOR),
+                    ("pvz", L.BI_OFF_PVZ), ("pvz_fw_origin", L.BI_OFF_PVZ_FW_ORIGIN),
+                    ("pvz_fw_heap_size", L.BI_OFF_PVZ_FW_HEAP_SIZE),
+                    ("mgpu", L.BI_OFF_MGPU), ("mgpu_opregion", L.BI_OFF_MGPU_OPREGION),
+                    ("args", L.BI_OFF_ARGS)]
+
+
 def test_boot_info_offsets_match_the_c_struct():
     assert "uint64_t lguest_descs;" in HEADER and "uint8_t reserved[0x100 - 0xA0];" in HEADER
-    for field, off in [("magic", L.BI_OFF_MAGIC), ("version", L.BI_OFF_VERSION),
-                       ("domid", L.BI_OFF_DOMID), ("nr_vcpus", L.BI_OFF_NR_VCPUS),
-                       ("ram_size", L.BI_OFF_RAM_SIZE), ("heap_start", L.BI_OFF_HEAP_START),
-                       ("heap_end", L.BI_OFF_HEAP_END), ("tsc_khz", L.BI_OFF_TSC_KHZ),
-                       ("argc", L.BI_OFF_ARGC), ("args_len", L.BI_OFF_ARGS_LEN),
-                       ("name", L.BI_OFF_NAME), ("lguest_descs", L.BI_OFF_LGUEST_DESCS),
-                       ("xen_shared_info", L.BI_OFF_XEN_SHARED_INFO),
-                       ("grant_window", L.BI_OFF_GRANT_WINDOW),
-                       ("grant_window_ro", L.BI_OFF_GRANT_WINDOW_RO),
-                       ("grant_window_pages", L.BI_OFF_GRANT_WINDOW_PAGES),
-                       ("evtchn_vector", L.BI_OFF_EVTCHN_VECTOR),
-                       ("pvz", L.BI_OFF_PVZ), ("pvz_fw_origin", L.BI_OFF_PVZ_FW_ORIGIN),
-                       ("pvz_fw_heap_size", L.BI_OFF_PVZ_FW_HEAP_SIZE),
-                       ("mgpu", L.BI_OFF_MGPU), ("mgpu_opregion", L.BI_OFF_MGPU_OPREGION),
-                       ("args", L.BI_OFF_ARGS)]:
+    for field, off in BOOT_INFO_FIELDS:
         assert getattr(BootInfo, field).offset == off, field
     assert BootInfo.args.size == L.BI_ARGS_MAX
     assert ctypes.sizeof(BootInfo) <= L.PAGE
+
+
+def test_boot_info_offsets_are_the_compilers(tmp_path):
+    """The C compiler's offsetof, not only the ctypes copy above."""
+    lines = ["#include <stddef.h>", "#include <stdio.h>", '#include "paravm/abi.h"',
+             "int main(void) {"]
+    lines += [f'printf("{f} %zu\\n", offsetof(struct pv_boot_info, {f}));'
+              for f, _ in BOOT_INFO_FIELDS]
+    lines += ['printf("sizeof %zu\\n", sizeof(struct pv_boot_info));', "return 0; }"]
+    got = probe(tmp_path, "\n".join(lines), ("-std=c11", "-Wall", "-Werror"))
+    assert {f: got[f] for f, _ in BOOT_INFO_FIELDS} == dict(BOOT_INFO_FIELDS)
+    assert got["sizeof"] == L.BI_OFF_ARGS + L.BI_ARGS_MAX
 
 
 def test_boot_info_written_by_the_vmm_reads_back_through_the_c_layout():
