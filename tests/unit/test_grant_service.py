@@ -151,6 +151,12 @@ def test_setup_table_refusals(two):
     assert a.op(A.GNTTABOP_setup_table, OPS, 1) == 0
     assert A.SETUP_TABLE.unpack(a.memory.read(OPS, 24))[2] == A.GNTST_bad_virt_addr
     assert svc.table_of("a").nr_frames == 1
+    # a frame list over the PML4 (the reserved area): bad_virt_addr, nothing written
+    pml4 = a.memory.read(0x1000, 32)
+    a.memory.write(OPS, A.SETUP_TABLE.pack(A.DOMID_SELF, 4, 99, 0x1000))
+    assert a.op(A.GNTTABOP_setup_table, OPS, 1) == 0
+    assert A.SETUP_TABLE.unpack(a.memory.read(OPS, 24))[2] == A.GNTST_bad_virt_addr
+    assert a.memory.read(0x1000, 32) == pml4 and svc.table_of("a").nr_frames == 1
 
 
 def test_command_checks(two):
@@ -185,6 +191,7 @@ def test_op_arrays_outside_writable_memory_are_efault_and_run_nothing(two):
     assert b.op(A.GNTTABOP_map_grant_ref, 1 << 50, 1) == -EFAULT
     assert b.op(A.GNTTABOP_map_grant_ref, 2**64 - 16, 1) == -EFAULT       # wraps around
     assert b.op(A.GNTTABOP_map_grant_ref, b.ram.size - 16, 1) == -EFAULT  # runs off RAM
+    assert b.op(A.GNTTABOP_map_grant_ref, 0x9000, 1) == -EFAULT           # the IDT page
     # a well-formed op in B's read-only window (mapped there from A's page) would
     # map, but its status could not be written back: nothing happens at all
     a.grant(9, 2, GFN + 1, A.GTF_permit_access | A.GTF_readonly)

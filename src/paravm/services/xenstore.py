@@ -31,7 +31,7 @@ import threading
 import time
 from errno import E2BIG, EACCES, EINVAL, ENOENT, ENOSPC
 
-from ..hypercall.table import HypercallError
+from ..hypercall.table import HypercallError, guest_buffer
 
 HC_XENSTORE_OP = 33
 XS_READ, XS_WRITE, XS_RM = 0, 1, 2
@@ -161,19 +161,24 @@ class XenStore:
         def op(vcpu, cmd, path_gpa, path_len, a3, a4, a5):
             if path_len > PATH_MAX:
                 raise HypercallError(EINVAL, "path too long")
-            raw = mem.read(path_gpa, path_len)
+            with guest_buffer(mem, path_gpa, path_len) as view:
+                raw = bytes(view)
             try:
                 path = raw.decode("ascii")
                 if cmd == XS_READ:
                     value = self.read(path, domid)
                     if a4 and value:
-                        mem.write(a3, value[:a4])
+                        n = min(a4, len(value))
+                        with guest_buffer(mem, a3, n, writable=True) as view:
+                            view[:] = value[:n]
                     return len(value)
                 if cmd == XS_WRITE:
                     if a4 > VALUE_MAX:
                         raise HypercallError(E2BIG, "value too long")
                     reader = a5 if a5 < 0x10000 else NO_READER
-                    self.write(path, mem.read(a3, a4), caller=domid, reader=reader)
+                    with guest_buffer(mem, a3, a4) as view:
+                        value = bytes(view)
+                    self.write(path, value, caller=domid, reader=reader)
                     return 0
                 if cmd == XS_RM:
                     self.rm(path, domid)

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from ...arch.x86 import layout as L
 from ...memory import atomic
 from ...memory.guest import GuestMemoryError
+from ...hypercall.table import guest_buffer
 from . import abi
 
 # Port states (Xen's ECS_*; the numbers are ours, never shown to a guest).
@@ -256,10 +257,9 @@ class EvtchnService:
         dom = t.domain
         if dom is None:
             return -E.ENOSYS
-        if arg < L.RESERVED_END:
-            return -E.EFAULT
         try:
-            raw = bytearray(dom.memory.read(arg, size))
+            with guest_buffer(dom.memory, arg, size) as view:
+                raw = bytearray(view)            # copied once, then checked
         except GuestMemoryError:
             return -E.EFAULT
         with self.lock:

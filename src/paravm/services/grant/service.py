@@ -37,10 +37,10 @@ grants through gntdev (:mod:`.gntdev`).
 from __future__ import annotations
 
 import threading
-from errno import EFAULT, EINVAL, ENOSYS, EPERM, ESRCH
+from errno import EINVAL, ENOSYS, EPERM, ESRCH
 
 from ...arch.x86 import layout as L
-from ...hypercall.table import HypercallError
+from ...hypercall.table import HypercallError, guest_buffer
 from ...memory import PAGE_SIZE, GuestMemoryError, remap
 from . import abi as A
 from .table import Frame, GrantError, Grants, GrantTable
@@ -202,16 +202,16 @@ class GrantService:
         mem = domain.memory
         if not count:
             return 0
-        region, _ = mem.check_range(uop, count * fmt.size)
-        if region.readonly:         # no op runs whose results could not be returned
-            raise HypercallError(EFAULT, "op array is read-only")
-        raw = bytearray(mem.read(uop, count * fmt.size))
-        for i in range(count):
-            off = i * fmt.size
-            fields = list(fmt.unpack_from(raw, off))
-            fn(self, g, fields)
-            fmt.pack_into(raw, off, *fields)
-        mem.write(uop, raw)
+        # Writable checked first: no op runs whose results could not be
+        # returned.  The array is copied in once, then the ops run.
+        with guest_buffer(mem, uop, count * fmt.size, writable=True) as view:
+            raw = bytearray(view)
+            for i in range(count):
+                off = i * fmt.size
+                fields = list(fmt.unpack_from(raw, off))
+                fn(self, g, fields)
+                fmt.pack_into(raw, off, *fields)
+            view[:] = raw
         return 0
 
     def _map(self, g: _GuestGrants, f: list) -> None:
@@ -273,7 +273,9 @@ class GrantService:
         listing = b"".join((first + i).to_bytes(8, "little") for i in range(nr_frames))
         try:
             if nr_frames:
-                g.domain.memory.write(frame_list, listing)
+                with guest_buffer(g.domain.memory, frame_list, len(listing),
+                                  writable=True) as view:
+                    view[:] = listing
         except GuestMemoryError:
             f[2] = A.GNTST_bad_virt_addr
             return

@@ -33,14 +33,12 @@ paravm does this:
 
 from __future__ import annotations
 
-import errno
 import threading
 from typing import Callable
 
 from ...arch.x86 import layout as L
-from ...hypercall.table import HypercallError
+from ...hypercall.table import guest_buffer
 from ...memory.frames import PAGE_SHIFT, PAGE_SIZE
-from ...memory.guest import GuestMemoryError
 from . import abi as A
 from .server import HeapConfig, PvzServer, PvzSystem
 
@@ -157,13 +155,8 @@ class PvzService:
         # The message must be where the answer can go: in writable memory
         # above the reserved first MiB (the VMM never writes the boot
         # structures for a guest), checked before the call runs.
-        if msg_gpa < L.RESERVED_END:
-            raise HypercallError(errno.EFAULT, "pvz message in the reserved first MiB")
-        try:
-            view = mem.writable_view(msg_gpa, A.PVZ_MSG_SIZE)
-        except GuestMemoryError:
-            raise HypercallError(errno.EFAULT, "pvz message outside writable guest memory") from None
-        try:
+        # (GuestMemoryError from guest_buffer is -EFAULT to the guest.)
+        with guest_buffer(mem, msg_gpa, A.PVZ_MSG_SIZE, writable=True) as view:
             msg = list(A.PVZ_MSG.unpack(view))     # copied once
             with self._locks[osid]:
                 status, outs = self._dispatch(domain, osid, msg[0], msg[1], msg[7], msg[8])
@@ -171,8 +164,6 @@ class PvzService:
             if outs is not None:
                 msg[3:] = outs
             A.PVZ_MSG.pack_into(view, 0, *msg)
-        finally:
-            view.release()
         return status
 
     def _dispatch(self, domain, osid: int, func: int, dev: int, size: int, paddr: int):
