@@ -59,7 +59,7 @@ class FakeDomain:
     def irqfd(self, vcpu, vector):
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._irqfds[vector] = fd
-        return SimpleNamespace(fileno=lambda: fd)
+        return SimpleNamespace(fileno=lambda: fd, fire=lambda: os.eventfd_write(fd, 1))
 
     @property
     def msis(self):

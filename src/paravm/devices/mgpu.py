@@ -97,7 +97,7 @@ class Mgpu:
         self.dirty: set[int] = set()     # entries to re-shadow (4-byte stores)
         self.ring_gpa = 0
         self.ring_size = 0
-        self.head = self.tail = self.seqno = 0
+        self.head = self.seqno = 0
         self.commands = 0                # run, whatever their status
         self.faults = 0                  # commands failed with GTT_FAULT
         self.presents = 0
@@ -140,7 +140,6 @@ class Mgpu:
             elif off == REG_RING_SIZE:
                 self._set_ring()
             elif off == REG_RING_TAIL:
-                self.tail = v
                 self._doorbell()
 
     def _reg(self, gpa: int, data: memoryview) -> int:
@@ -239,13 +238,13 @@ class Mgpu:
     def _set_ring(self) -> None:
         size = self.regs[REG_RING_SIZE]
         base = self.regs[REG_RING_BASE_LO] | self.regs[REG_RING_BASE_HI] << 32
-        self.head = self.tail = 0
+        self.head = self.regs[REG_RING_TAIL] = 0
         self.regs[REG_STATUS] &= ~STATUS_ERROR
         ok = 1 <= size <= RING_MAX and size & (size - 1) == 0 and base % PAGE_SIZE == 0
         self.ring_gpa, self.ring_size = (base, size) if ok else (0, 0)
 
     def _doorbell(self) -> None:
-        count = (self.tail - self.head) & 0xFFFFFFFF
+        count = (self.regs[REG_RING_TAIL] - self.head) & 0xFFFFFFFF
         first_error = E_OK
         if not self.ring_size or count > self.ring_size:
             first_error = E_BAD_RING

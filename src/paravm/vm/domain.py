@@ -448,22 +448,31 @@ class Irqfd:
 
     def __init__(self, domain: Domain, fd: int, gsi: int, owned: bool = True) -> None:
         self.domain, self.fd, self.gsi, self.owned = domain, fd, gsi, owned
+        # fire() and close() from different threads: without it a fire could
+        # write to the fd number after close() freed it for another file.
+        self._lock = threading.Lock()
 
     def fileno(self) -> int:
         return self.fd
 
-    def fire(self) -> None:
-        os.eventfd_write(self.fd, 1)
+    def fire(self) -> bool:
+        """Raise the MSI; False (nothing done) once closed."""
+        with self._lock:
+            if self.fd < 0:
+                return False
+            os.eventfd_write(self.fd, 1)
+            return True
 
     def close(self) -> None:
         """Unbind the eventfd, and close it if this Irqfd made it.  Idempotent."""
-        if self.fd < 0:
-            return
-        try:
-            self.domain.vm.irqfd_remove(self.fd, self.gsi)
-        except OSError:
-            pass
-        if self.owned:
-            os.close(self.fd)
-        self.fd = -1
+        with self._lock:
+            if self.fd < 0:
+                return
+            try:
+                self.domain.vm.irqfd_remove(self.fd, self.gsi)
+            except OSError:
+                pass
+            if self.owned:
+                os.close(self.fd)
+            self.fd = -1
         self.domain._irqfds.discard(self)

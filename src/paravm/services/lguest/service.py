@@ -30,7 +30,6 @@ the VMM (docs/lguest.md):
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 
@@ -93,7 +92,7 @@ class LguestDomain:
             gpa += PAGE_SIZE
         self.top = gpa                           # pfn_limit * 4096
         self.launcher = None
-        self._irqfds: dict[int, int] = {}        # irq -> eventfd (the domain's Irqfd)
+        self._irqfds: dict = {}                  # irq -> the domain's Irqfd
 
     @property
     def memory(self):
@@ -162,10 +161,10 @@ class LguestDomain:
         dom = self.domain
         if dom is None or dom.stopped or not 0 < irq < abi.IRQS:
             return
-        fd = self._irqfds.get(irq)
-        if fd is None:
-            fd = self._irqfds[irq] = dom.irqfd(0, abi.VECTOR_BASE + irq).fileno()
-        os.eventfd_write(fd, 1)
+        irqfd = self._irqfds.get(irq)
+        if irqfd is None:
+            irqfd = self._irqfds[irq] = dom.irqfd(0, abi.VECTOR_BASE + irq)
+        irqfd.fire()                 # nothing once the domain closed it
 
     def kill(self, reason: str) -> None:
         if self.domain is not None:
