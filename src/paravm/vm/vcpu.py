@@ -79,7 +79,7 @@ class VcpuRunner:
         self._pause_gen = 0
         self._parked_gen = 0
         self._holds = 0          # hold() calls not yet released
-        self._exits_at_release: int | None = None   # exits when the last hold went
+        self._released = False   # the last hold went; the vCPU may not have run since
         self.in_guest = False    # inside KVM_RUN (or about to enter it)
         self.thread: threading.Thread | None = None
 
@@ -157,14 +157,17 @@ class VcpuRunner:
         seconds (release the hold anyway).  For memslot changes under a
         running guest; calls nest."""
         with self._cond:
-            if not self._holds and self._exits_at_release is not None:
+            if not self._holds and self._released:
                 # Back-to-back holds would starve the guest (the parked
-                # thread may not even wake between them): let it run until
-                # its next exit, for at most 1 ms.
+                # thread may not even wake between them): first let it get
+                # back into KVM_RUN, for at most 1 ms.  A halted guest is
+                # in KVM_RUN at once, so this costs it nothing.
                 end = time.monotonic() + 0.001
-                while self._real_exits() == self._exits_at_release and not self._stop \
+                while (self.state is VcpuState.PAUSED or not self.in_guest) \
+                        and not self._pause and not self._stop \
                         and self.state is not VcpuState.STOPPED and time.monotonic() < end:
-                    self._cond.wait(0.0002)
+                    self._cond.wait(0.0001)
+                self._released = False
             self._holds += 1
             if self.state in (VcpuState.CREATED, VcpuState.STOPPED):
                 return True
@@ -183,14 +186,8 @@ class VcpuRunner:
     def release_hold(self) -> None:
         with self._cond:
             self._holds -= 1
-            if not self._holds:
-                self._exits_at_release = self._real_exits()
+            self._released = not self._holds
             self._cond.notify_all()
-
-    def _real_exits(self) -> int:
-        # Exits other than kicks: a kick left over from the hold bounces the
-        # vCPU's first KVM_RUN without running the guest.
-        return sum(self.exit_counts) - self.exit_counts[EXIT_INTR]
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end; True if it has (or never started)."""
