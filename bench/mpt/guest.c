@@ -7,7 +7,8 @@
  *                           until the host writes 1 to the second page's first
  *                           word (after tracking the first), then N 8-byte
  *                           stores to the tracked page and N to the untracked
- *                           one: "RESULT track_ns=A plain_ns=B"; then waits
+ *                           one, then N bare hypercalls:
+ *                           "RESULT track_ns=A plain_ns=B nop_ns=C"; then waits
  *                           for a 2 there (the host untracks meanwhile)
  *   guest.elf mgpu N W      N commands to the example mediated GPU in
  *                           doorbells of 64: NOPs, then WxW-pixel FILLs:
@@ -47,8 +48,11 @@ static int track(long n)
     for (long i = 0; i < n; i++)
         plain[1 + (i & 255)] = (uint64_t)i;
     uint64_t t2 = pv_clock_ns();
-    printf("RESULT track_ns=%lu plain_ns=%lu\n", (unsigned long)((t1 - t0) / n),
-           (unsigned long)((t2 - t1) / n));
+    for (long i = 0; i < n; i++)
+        pv_hypercall0(PV_HC_NOP);
+    uint64_t t3 = pv_clock_ns();
+    printf("RESULT track_ns=%lu plain_ns=%lu nop_ns=%lu\n", (unsigned long)((t1 - t0) / n),
+           (unsigned long)((t2 - t1) / n), (unsigned long)((t3 - t2) / n));
     while (plain[0] != 2)       /* the host times disable_page_track meanwhile */
         pv_wait(1000000);
     return 0;
