@@ -19,10 +19,10 @@ round (median of per-round ratios):
 3. **vchan guest -> host** MB/s: a second guest (``vchan BYTES``) serves a
    vchan with 64 KiB rings and streams BYTES; the host is the client
    (:class:`paravm.services.vchan.Vchan`) reading with ``recv_into`` into one
-   64 KiB buffer.  MB/s = bytes / the host's time from its first byte to its
-   last.  Baseline: the same bytes through an ``os.pipe`` from one host
-   process to another (64 KiB writes, ``readinto`` of 64 KiB in the
-   reader), timed the same way (writer start to reader's last byte).
+   64 KiB buffer.  MB/s = the bytes after the first chunk / the host's time
+   from its first chunk to its last.  Baseline: the same bytes through an
+   ``os.pipe`` from one host process to another (64 KiB writes,
+   ``readinto`` of 64 KiB in the reader), timed the same way, by the reader.
 
 No goals (issue 5 sets none).  Writes bench/results/grant.json.
 
