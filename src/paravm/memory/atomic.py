@@ -75,16 +75,6 @@ def load_u32(addr: int) -> int:
     return _load4(addr, _SEQ_CST)
 
 
-def fetch_or_u64(addr: int, bits: int) -> int:
-    """``*addr |= bits`` atomically; the old value."""
-    return _or8(addr, bits, _SEQ_CST)
-
-
-def fetch_and_u64(addr: int, bits: int) -> int:
-    """``*addr &= bits`` atomically; the old value."""
-    return _and8(addr, bits, _SEQ_CST)
-
-
 def fetch_or_u8(addr: int, bits: int) -> int:
     """``*addr |= bits`` on one byte, atomically; the old value."""
     return _or1(addr, bits, _SEQ_CST)

@@ -191,9 +191,6 @@ class XenStore:
 
         domain.hypercalls.register(HC_XENSTORE_OP, "xenstore_op", op)
 
-    def regions(self, name: str) -> tuple:
-        return ()
-
     def close(self) -> None:
         with self._cond:
             self._nodes.clear()

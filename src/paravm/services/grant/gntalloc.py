@@ -122,7 +122,7 @@ class HostGranter:
         """Revoke *ref* if no peer holds it (Linux
         ``gnttab_end_foreign_access_ref``, v1): True when the flags are now 0;
         False ("busy") while GTF_reading or GTF_writing is set.  The
-        reference stays allocated either way (:meth:`free_ref`).
+        reference stays allocated either way.
         ``EINVAL`` for a reference outside 8..table size."""
         addr = self._addr(ref)
         if not self.table.mapped:       # the service closed (a finalizer at exit)
@@ -135,11 +135,6 @@ class HostGranter:
             if old == flags:
                 return True
             flags = old
-
-    def free_ref(self, ref: int) -> None:
-        """Return a revoked reference to the free list."""
-        with self.lock:
-            heapq.heappush(self._free, ref)
 
     def end_foreign_access(self, ref: int, release=None) -> bool:
         """Revoke *ref* and free it, then call *release* (which frees the
@@ -205,13 +200,12 @@ class _Pages:
 
 class _Gref:
     """Linux ``struct gntalloc_gref``."""
-    __slots__ = ("ref", "pages", "page", "users", "file_index", "in_file",
+    __slots__ = ("ref", "pages", "page", "users", "file_index",
                  "notify_flags", "notify_pgoff", "notify_port")
 
     def __init__(self, ref: int, pages: _Pages, page: int, file_index: int) -> None:
         self.ref, self.pages, self.page, self.file_index = ref, pages, page, file_index
         self.users = 1                  # the file
-        self.in_file = True
         self.notify_flags = self.notify_pgoff = self.notify_port = 0
 
 
@@ -281,7 +275,6 @@ class _AllocFile:
                 self.drop_vma(vma)
             grefs, self.grefs = self.grefs, []
             for g in grefs:
-                g.in_file = False
                 self.drop_user(g)
             self.granter.retry_deferred()
 
@@ -405,7 +398,6 @@ class Gntalloc(_DeviceFile):
                 raise _err(errno.EINVAL, f"no {count} consecutive grefs at {index:#x}")
             for g in grefs:
                 f.grefs.remove(g)
-                g.in_file = False
                 f.drop_user(g)
             f.granter.retry_deferred()
 
