@@ -128,8 +128,15 @@ int puts(const char *s);
 
 /* --- checksums ------------------------------------------------------------ */
 /* The IEEE CRC-32 of n bytes at p, continuing from crc (0 to start): the
- * value Python's zlib.crc32(data, crc) gives. */
+ * value Python's zlib.crc32(data, crc) gives.  PCLMULQDQ folding where CPUID
+ * has it, else slice-by-16 tables (const: nothing is built at start-up);
+ * safe on any vCPU, ring 3 only (XMM registers).  SHA-256: paravm/sha256.h. */
 uint32_t pv_crc32(uint32_t crc, const void *p, size_t n);
+/* For tests and benchmarks: the way pv_crc32 takes now, "pclmul" or "table";
+ * force_table(1) makes it use the tables on every vCPU (0: by CPUID again),
+ * returning the previous setting. */
+const char *pv_crc32_impl(void);
+int pv_crc32_force_table(int on);
 
 /* --- pages -------------------------------------------------------------- */
 /* n zeroed, page-aligned pages of RAM from the heap (boot info heap_start ..
