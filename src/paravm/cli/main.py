@@ -1,8 +1,10 @@
 """``paravm run MANIFEST``: boot every domain of a manifest and wait for them.
 
-Exit status: 0 when every domain exited 0; otherwise the first non-zero
-domain status in manifest order (a crashed domain counts as 70); 2 for a bad
-manifest, a bad image or a missing /dev/kvm capability (one line, no
+Exit status: 0 when every domain exited 0 (and the manifest's host program
+returned 0); otherwise the host program's status if it is not 0 (70 if it
+raised), else the first non-zero domain status in manifest order (a crashed
+domain counts as 70); 2 for a bad manifest, a bad --input, a host program that
+does not load, a bad image or a missing /dev/kvm capability (one line, no
 traceback); 124 when ``--timeout`` expired; 130 after Ctrl-C.
 """
 
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                      help="print exit counts, time per exit reason and boot times")
     run.add_argument("--kvm", default="/dev/kvm", metavar="DEVICE",
                      help="the KVM device (default /dev/kvm)")
+    run.add_argument("--input", default=None, metavar="FILE",
+                     help='the file a block device with path = "{input}" serves, also given '
+                          "to the manifest's host program")
     run.add_argument("--capture", action="append", default=[], metavar="LAN=FILE",
                      help="write every frame delivered on lguest LAN to a pcap FILE "
                           "(repeatable)")
@@ -69,10 +74,22 @@ def cmd_run(args, t_process: int) -> int:
     from ..loader import ImageError
 
     try:
-        manifest = load_manifest(args.manifest)
+        manifest = load_manifest(args.manifest, input=args.input)
     except ManifestError as e:
         _err(str(e))
         return EXIT_USAGE
+    if args.input is not None and not manifest.uses_input and manifest.host is None:
+        _err(f"--input {args.input}: {args.manifest} takes no input "
+             '(no block device with path = "{input}", no [host] program)')
+        return EXIT_USAGE
+    host_main = None
+    if manifest.host is not None:
+        from ..hostprog import HostProgramError, load_program
+        try:
+            host_main = load_program(manifest.host.program)
+        except HostProgramError as e:
+            _err(f"{args.manifest}: host.program: {e}")
+            return EXIT_USAGE
     if args.timeout is not None and args.timeout <= 0:
         _err("--timeout must be > 0")
         return EXIT_USAGE
@@ -95,6 +112,7 @@ def cmd_run(args, t_process: int) -> int:
         _err(str(e))
         return EXIT_USAGE
     interrupted = timed_out = False
+    host = None
     try:
         try:
             hv.create_from_manifest(manifest)
@@ -120,19 +138,20 @@ def cmd_run(args, t_process: int) -> int:
             held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 hv.start_all()
+                if host_main is not None:
+                    from ..hostprog import HostRun, HostThread
+                    host = HostThread(host_main, HostRun(hv, manifest))
+                    host.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
-            while True:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    timed_out = True
-                    break
-                if hv.wait_all(0.25 if left is None else min(0.25, left)) is not None:
-                    break
+            timed_out = _wait(hv, host, deadline)
         except KeyboardInterrupt:
             interrupted = True
         if timed_out or interrupted:
+            if host is not None:
+                host.run.stopping.set()
             _stop_quietly(hv, "timeout" if timed_out else "interrupted")
+        host_status = _host_status(host, hv)
         results = {name: d.result for name, d in hv.domains.items()}
         for name, res in results.items():
             if res is not None and res.how == "crashed":
@@ -145,6 +164,8 @@ def cmd_run(args, t_process: int) -> int:
         if timed_out:
             _err(f"timeout after {args.timeout} s: all domains stopped")
             return EXIT_TIMEOUT
+        if host_status:
+            return host_status
         for spec in manifest.domains:
             res = results.get(spec.name)
             if res is not None and res.exit_code != 0:
@@ -155,6 +176,45 @@ def cmd_run(args, t_process: int) -> int:
             hv.close()
         except RuntimeError as e:
             _err(str(e))
+
+
+def _wait(hv, host, deadline: float | None) -> bool:
+    """Until every domain has stopped and the host program (if any) has
+    returned; True if *deadline* passed first.  A host program that raises
+    stops the domains; one still running GRACE_S after the domains stopped is
+    abandoned."""
+    from ..hostprog import GRACE_S
+    stopped_at = None
+    while True:
+        now = time.monotonic()
+        left = None if deadline is None else deadline - now
+        if left is not None and left <= 0:
+            return True
+        step = 0.25 if left is None else min(0.25, left)
+        if host is not None and host.error is not None and stopped_at is None:
+            _stop_quietly(hv, "host program failed")
+        if stopped_at is None:
+            if hv.wait_all(step) is None:
+                continue
+            stopped_at = time.monotonic()
+            if host is None:
+                return False
+            host.run.stopping.set()
+        if host.join(step) or time.monotonic() - stopped_at > GRACE_S:
+            return False
+
+
+def _host_status(host, hv) -> int:
+    """The host program's exit status (reported on stderr when it failed)."""
+    if host is None:
+        return 0
+    from ..hostprog import EXIT_HOST_FAILED, GRACE_S
+    if not host.join(GRACE_S):
+        _err(f"host program did not return within {GRACE_S:g} s after the domains stopped")
+        return EXIT_HOST_FAILED
+    if host.error is not None:
+        _err(f"host program {host.run.manifest.host.program} failed:\n{host.error}")
+    return host.status or 0
 
 
 def _stop_quietly(hv, reason: str) -> None:

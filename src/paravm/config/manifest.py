@@ -12,6 +12,11 @@ msgspec reports a failure as one message ending in a JSON-path-like location
 (``Expected `int`, got `str` - at `$.domain[0].memory```); `_from_validation_error` turns that
 into the dotted key and the short reason that every error of this module carries.
 
+Two keys take a value from the command line rather than the file: a block device's ``path``
+may be ``"{input}"``, the file given with ``paravm run --input FILE`` (``load_manifest(path,
+input=FILE)``), and ``[host] program`` names a Python file the CLI runs as domain 0 beside the
+guests (docs/manifest.md).
+
 Adding a table (``[[ivc]]``, ``[pvz]``, ...) is: a ``_Raw*`` struct, one field for it in
 `_RawManifest`, one ``_build_*`` function, one field in `Manifest`.
 """
@@ -42,6 +47,8 @@ __all__ = [
     "DomainPvzSpec",
     "DomainMgpuSpec",
     "XenSpec",
+    "HostSpec",
+    "INPUT_PLACEHOLDER",
     "ManifestError",
     "load_manifest",
     "parse_manifest",
@@ -56,6 +63,7 @@ LGUEST_MAX_DEVICES = 16
 PVZ_NUM_OS = 8              # RGXFW_NUM_OS: OSIDs 1..7 are guests'
 PVZ_HEAP_MAX = 8 << 20      # bytes per OSID (RGX_FW_HEAP_SHIFT 23, the DDK's value under VZ)
 PVZ_PRIORITY_MAX = (1 << 30) - 1
+INPUT_PLACEHOLDER = "{input}"   # a block path standing for `paravm run --input FILE`
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
 # fullmatch, not msgspec's Meta(pattern=...): that one uses re.search, where `$` also matches
@@ -101,10 +109,12 @@ class ConsoleSpec(msgspec.Struct, frozen=True):
 
 class BlockSpec(msgspec.Struct, frozen=True):
     """An lguest block device (``type = "block"``) over the image file *path*
-    (absolute); *readonly* refuses the guest's writes."""
+    (absolute); *readonly* refuses the guest's writes; *input*: the path was
+    ``"{input}"`` in the file."""
 
     path: pathlib.Path
     readonly: bool = False
+    input: bool = False   # path came from ``"{input}"`` (paravm run --input)
 
 
 class NetSpec(msgspec.Struct, frozen=True):
@@ -257,6 +267,14 @@ class IvcMempoolSpec(msgspec.Struct, frozen=True):
     size: int
 
 
+class HostSpec(msgspec.Struct, frozen=True):
+    """``[host]``: the Python *program* (absolute path of a regular file) that
+    ``paravm run`` loads and runs as domain 0 once the domains have started:
+    its ``main(run)`` gets a `paravm.hostprog.HostRun`."""
+
+    program: pathlib.Path
+
+
 class Manifest(msgspec.Struct, frozen=True):
     """A checked manifest.
 
@@ -264,6 +282,9 @@ class Manifest(msgspec.Struct, frozen=True):
         path: absolute path of the manifest file.
         domains: one `DomainSpec` per ``[[domain]]``, in file order (so ``domains[i].domid``
             is ``i + 1``); never empty.
+        host: the ``[host]`` table, or None.
+        input: the ``--input`` file the manifest was loaded with (absolute, resolved), or None.
+        uses_input: whether some block device's path is ``"{input}"``.
     """
 
     path: pathlib.Path
@@ -271,6 +292,9 @@ class Manifest(msgspec.Struct, frozen=True):
     ivc: tuple[IvcSpec, ...] = ()
     ivc_mempool: tuple[IvcMempoolSpec, ...] = ()
     pvz: PvzSpec | None = None
+    host: HostSpec | None = None
+    input: pathlib.Path | None = None
+    uses_input: bool = False
 
     def domain(self, name: str) -> DomainSpec:
         """The domain called *name*; raises KeyError if there is none."""
@@ -280,10 +304,13 @@ class Manifest(msgspec.Struct, frozen=True):
         raise KeyError(name)
 
 
-def load_manifest(path: str | pathlib.PathLike[str]) -> Manifest:
+def load_manifest(path: str | pathlib.PathLike[str], *,
+                  input: str | pathlib.PathLike[str] | None = None) -> Manifest:
     """Read and check the manifest file at *path* (UTF-8 TOML).
 
-    Relative image paths are taken from the manifest's directory.
+    Relative image paths are taken from the manifest's directory. *input* is the file a
+    block device's ``path = "{input}"`` stands for (relative to the current directory; it
+    must be a regular file); without it such a device is an error.
     Raises ManifestError (with key ``""`` if the file cannot be read or decoded).
     """
     file = str(path)
@@ -300,14 +327,16 @@ def load_manifest(path: str | pathlib.PathLike[str]) -> Manifest:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ManifestError(file, "", f"not valid UTF-8 (byte offset {e.start})") from None
-    return parse_manifest(text, path)
+    return parse_manifest(text, path, input=input)
 
 
-def parse_manifest(text: str, path: str | pathlib.PathLike[str]) -> Manifest:
+def parse_manifest(text: str, path: str | pathlib.PathLike[str], *,
+                   input: str | pathlib.PathLike[str] | None = None) -> Manifest:
     """Check the manifest *text*, as if read from *path*.
 
     *path* names the file in errors and its directory anchors relative image paths; the
-    file itself is not read. Raises ManifestError for any text that is not a valid manifest.
+    file itself is not read. *input* as for `load_manifest`. Raises ManifestError for any
+    text that is not a valid manifest.
     """
     file = str(path)
     try:
@@ -316,7 +345,7 @@ def parse_manifest(text: str, path: str | pathlib.PathLike[str]) -> Manifest:
         raise ManifestError(file, "", f"TOML syntax error: {e}") from None
     except RecursionError:
         raise ManifestError(file, "", "TOML syntax error: values nested too deeply") from None
-    return _from_data(data, pathlib.Path(path), file)
+    return _from_data(data, pathlib.Path(path), file, input)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,12 +413,17 @@ class _RawIvcMempool(msgspec.Struct, forbid_unknown_fields=True):
     size: Annotated[int, msgspec.Meta(ge=4096, le=IVC_MEMPOOL_MAX)]
 
 
+class _RawHost(msgspec.Struct, forbid_unknown_fields=True):
+    program: str
+
+
 class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
     # Optional in the schema so that an empty file gets the clearer reason of _build_domains.
     domain: tuple[_RawDomain, ...] = ()
     ivc: tuple[_RawIvc, ...] = ()
     ivc_mempool: tuple[_RawIvcMempool, ...] = ()
     pvz: _RawPvz | None = None
+    host: _RawHost | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,18 +433,20 @@ class _RawManifest(msgspec.Struct, forbid_unknown_fields=True):
 class _Context(msgspec.Struct, frozen=True):
     file: str  # as the caller named it, for errors
     base: pathlib.Path  # absolute directory that relative paths start from
+    input: pathlib.Path | None = None  # the --input file, absolute (not yet checked)
 
     def fail(self, key: str, reason: str) -> NoReturn:
         raise ManifestError(self.file, key, reason)
 
 
-def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
+def _from_data(data: Any, path: pathlib.Path, file: str, input=None) -> Manifest:
     """Check already-parsed TOML *data* (a dict) and build the Manifest."""
     try:
         abs_path = path.absolute()
+        abs_input = None if input is None else pathlib.Path(input).absolute()
     except (OSError, ValueError) as e:  # the current directory is gone
         raise ManifestError(file, "", f"cannot resolve the manifest path: {_os_reason(e)}") from None
-    ctx = _Context(file, abs_path.parent)
+    ctx = _Context(file, abs_path.parent, abs_input)
     try:
         raw = msgspec.convert(data, _RawManifest)
     except msgspec.ValidationError as e:
@@ -418,9 +454,21 @@ def _from_data(data: Any, path: pathlib.Path, file: str) -> Manifest:
     except RecursionError:
         ctx.fail("", "values nested too deeply")
     domains = _build_domains(raw.domain, ctx)
+    host = None
+    if raw.host is not None:
+        host = HostSpec(program=_regular_file(raw.host.program, "host.program", ctx))
+    uses_input = any(isinstance(d, _RawBlock) and d.path == INPUT_PLACEHOLDER
+                     for r in raw.domain for d in r.device)
+    checked_input = None
+    if abs_input is not None and uses_input:
+        checked_input = next(d.path for s in domains for d in s.devices
+                             if isinstance(d, BlockSpec) and d.input)
+    elif abs_input is not None:
+        checked_input = _input_file(abs_input, "", ctx)
     return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx),
                     ivc_mempool=_build_mempools(raw.ivc_mempool, domains, ctx),
-                    pvz=_build_pvz(raw.pvz, raw.domain, ctx))
+                    pvz=_build_pvz(raw.pvz, raw.domain, ctx), host=host,
+                    input=checked_input, uses_input=uses_input)
 
 
 def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
@@ -497,8 +545,15 @@ def _devices(raw: _RawDomain, key: str, ctx: _Context) -> tuple:
                 inp = _regular_file(inp, f"{dkey}.input", ctx)
             out.append(ConsoleSpec(input=inp))
         elif isinstance(dev, _RawBlock):
-            out.append(BlockSpec(path=_regular_file(dev.path, f"{dkey}.path", ctx),
-                                 readonly=dev.readonly))
+            if dev.path == INPUT_PLACEHOLDER:
+                if ctx.input is None:
+                    ctx.fail(f"{dkey}.path", f"{INPUT_PLACEHOLDER} stands for the file of "
+                             "`paravm run --input FILE`, and none was given")
+                out.append(BlockSpec(path=_input_file(ctx.input, f"{dkey}.path", ctx),
+                                     readonly=dev.readonly, input=True))
+            else:
+                out.append(BlockSpec(path=_regular_file(dev.path, f"{dkey}.path", ctx),
+                                     readonly=dev.readonly))
         else:
             if not _DOMAIN_NAME_RE.fullmatch(dev.lan):
                 ctx.fail(f"{dkey}.lan", f"must match {DOMAIN_NAME_PATTERN}")
@@ -594,6 +649,14 @@ def _regular_file(value: str, key: str, ctx: _Context) -> pathlib.Path:
     if kind != 0o100000:
         ctx.fail(key, f"not a regular file: {p}")
     return p
+
+
+def _input_file(p: pathlib.Path, key: str, ctx: _Context) -> pathlib.Path:
+    """The --input file *p* (absolute) as a resolved regular file; errors say --input."""
+    try:
+        return _regular_file(str(p), key, ctx)
+    except ManifestError as e:
+        ctx.fail(e.key, f"--input: {e.reason}")
 
 
 def _guest_args(args: tuple[str, ...], key: str, ctx: _Context) -> tuple[str, ...]:
