@@ -2,7 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-MANIFEST ?= examples/hello/hello.toml
+MANIFEST ?= examples/pipeline/pipeline.toml
+# perl-base is Essential on Debian and Ubuntu: this file is on every such machine.
+INPUT ?= /usr/bin/perl
 
 .PHONY: all setup guest examples run test bench clean
 
@@ -26,13 +28,13 @@ examples: guest
 	$(MAKE) -C examples
 
 run: setup
-	$(VENV)/bin/paravm run $(MANIFEST)
+	$(VENV)/bin/paravm run $(MANIFEST) $(if $(INPUT),--input $(INPUT))
 
 test: setup
 	$(PY) -m pytest -q
 
 bench: setup
-	$(PY) bench/run
+	$(PY) bench/run --readme
 
 clean:
 	$(MAKE) -C guest clean

@@ -55,9 +55,13 @@ def _take_result(run) -> tuple | str:
         return "the hasher stopped before publishing its result page"
     total = run.input.stat().st_size if run.input is not None else None
     with hv.evtchn.open() as ev, Gntdev(hv.grant) as dev:
-        port = ev.bind_interdomain(hasher.domid, remote_port)
-        index = dev.map_grant_refs([(hasher.domid, ref)])
-        page = dev.mmap(index, 1, writable=True)
+        try:
+            port = ev.bind_interdomain(hasher.domid, remote_port)
+            index = dev.map_grant_refs([(hasher.domid, ref)])
+            page = dev.mmap(index, 1, writable=True)
+        except OSError as e:      # a hasher that published a bad ref or port
+            return (f"cannot take the result page (grant {ref}, event channel "
+                    f"{remote_port}): {e.strerror or e}")
         try:
             with run.progress(total) as progress:
                 while _U32.unpack_from(page, OFF_STATE)[0] == STREAMING:
