@@ -33,15 +33,24 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
 
-def _xenstore(run, path: str) -> int | None:
-    """The integer at *path*, waiting while the hasher runs; None if it stopped first."""
+class _NoResult(Exception):
+    """Why there is no result to check (printed after MISMATCH)."""
+
+
+def _xenstore(run, path: str) -> int:
+    """The integer at *path*, waiting while the hasher runs."""
     while not run.stopping.is_set():
         try:
-            return int(run.hv.xenstore.wait(path, POLL_S))
+            raw = run.hv.xenstore.wait(path, POLL_S)
         except TimeoutError:
             if run.domain("hasher").result is not None:
-                return None
-    return None
+                break
+            continue
+        try:
+            return int(raw)
+        except ValueError:
+            raise _NoResult(f"{path} is not a number: {raw[:32]!r}") from None
+    raise _NoResult("the hasher stopped before publishing its result page")
 
 
 def _take_result(run) -> tuple | str:
@@ -49,10 +58,11 @@ def _take_result(run) -> tuple | str:
     reason there is none."""
     hv, hasher = run.hv, run.domain("hasher")
     home = f"/local/domain/{hasher.domid}/data/pipeline"
-    ref = _xenstore(run, f"{home}/result-ref")
-    remote_port = _xenstore(run, f"{home}/event-channel")
-    if ref is None or remote_port is None:
-        return "the hasher stopped before publishing its result page"
+    try:
+        ref = _xenstore(run, f"{home}/result-ref")
+        remote_port = _xenstore(run, f"{home}/event-channel")
+    except _NoResult as e:
+        return str(e)
     total = run.input.stat().st_size if run.input is not None else None
     with hv.evtchn.open() as ev, Gntdev(hv.grant) as dev:
         try:
