@@ -18,12 +18,12 @@ program still running `GRACE_S` seconds later is abandoned (exit status 70).
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 import sys
 import threading
 import time
 import traceback
+import types
 from typing import Any, Callable
 
 GRACE_S = 5.0             # how long a program may run on after run.stopping is set
@@ -44,18 +44,24 @@ def load_program(path: str | pathlib.Path) -> Callable[["HostRun"], Any]:
     path = pathlib.Path(path)
     name = f"paravm_host_{path.stem.replace('-', '_')}"
     try:
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise HostProgramError(f"{path}: not a Python file")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except HostProgramError:
-        raise
+        source = path.read_bytes()
     except OSError as e:
-        raise HostProgramError(f"{path}: {e.strerror or e}") from None
+        raise HostProgramError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        code = compile(source, str(path), "exec")
     except SyntaxError as e:
         raise HostProgramError(f"{path}:{e.lineno}: {e.msg}") from None
-    except BaseException as e:  # noqa: BLE001 - anything its import raises, KeyboardInterrupt too
+    except ValueError as e:        # NUL bytes in the source
+        raise HostProgramError(f"{path}: {e}") from None
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    # Registered while it runs, as importlib does: dataclasses and pickling
+    # look the module up by name.
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException as e:  # noqa: BLE001 - anything its code raises, KeyboardInterrupt too
+        sys.modules.pop(name, None)
         raise HostProgramError(f"{path}: import failed:\n{_format(e)}") from None
     main = getattr(module, "main", None)
     if not callable(main):
@@ -84,6 +90,7 @@ class Progress:
         self._last_line = self._t0
         self._lock = threading.Lock()
         self._rich = self._task = None
+        self._closed = False
         self.done = 0
         if terminal:
             from rich.progress import (BarColumn, DownloadColumn, Progress as RichProgress,
@@ -104,6 +111,8 @@ class Progress:
         """*done* bytes so far (absolute, not an increment)."""
         with self._lock:
             self.done = done
+            if self._closed:
+                return
             if self._rich is not None:
                 self._rich.update(self._task, completed=done)
                 return
@@ -116,6 +125,7 @@ class Progress:
     def close(self) -> None:
         with self._lock:
             rich, self._rich = self._rich, None
+            self._closed = True
         if rich is not None:
             rich.stop()
 

@@ -151,6 +151,9 @@ def cmd_run(args, t_process: int) -> int:
             if host is not None:
                 host.run.stopping.set()
             _stop_quietly(hv, "timeout" if timed_out else "interrupted")
+            if host is not None:
+                from ..hostprog import GRACE_S
+                host.join(GRACE_S)
         host_status = _host_status(host, hv)
         results = {name: d.result for name, d in hv.domains.items()}
         for name, res in results.items():
@@ -209,7 +212,7 @@ def _host_status(host, hv) -> int:
     if host is None:
         return 0
     from ..hostprog import EXIT_HOST_FAILED, GRACE_S
-    if not host.join(GRACE_S):
+    if not host.join(0):          # it had GRACE_S after run.stopping was set
         _err(f"host program did not return within {GRACE_S:g} s after the domains stopped")
         return EXIT_HOST_FAILED
     if host.error is not None:
