@@ -57,8 +57,8 @@ def _pipeline(paravm, path: Path) -> dict:
     main = load_program(manifest.host.program)
     with paravm.Hypervisor(output=lambda name, line: lines.append(f"{name}| {line}")) as hv:
         hv.create_from_manifest(manifest)
+        run = HostRun(hv, manifest, terminal=False)     # run.started: the clock starts
         hv.start_all()
-        run = HostRun(hv, manifest, terminal=False)
         status = main(run)
         res = hv.wait_all(60)
     if status != 0 or res is None or any(r.exit_code for r in res.values()):

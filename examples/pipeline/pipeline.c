@@ -2,7 +2,7 @@
  *
  *   pipeline reader QUEUE [flip=OFFSET]
  *       Stream the whole of lguest block device 0 (the input file) over IVC
- *       queue QUEUE in 64 KiB frames (pipeline.h), then an END frame.
+ *       queue QUEUE in 256 KiB frames (pipeline.h), then an END frame.
  *       QUEUE -1: read the device and drop the data (the benchmark's
  *       disk-only baseline).  flip=OFFSET flips the low bit of the byte at
  *       OFFSET on its way (a fault injected on purpose: the host must say
@@ -11,9 +11,14 @@
  *       Grant a result page to the host, publish its grant reference and an
  *       event channel in xenstore (data/pipeline/result-ref, .../event-channel),
  *       take the stream from QUEUE, compute SHA-256 and CRC-32 of it, write
- *       them to the page, signal the event channel, and wait up to WAIT_S
- *       seconds (default 60) for the host to take them before revoking the
+ *       them to the page, signal the event channel, and wait for the host
+ *       to take them (up to WAIT_S seconds, default 60, for it to map the
+ *       page; then as long as it holds the mapping) before revoking the
  *       grant.
+ *
+ * A peer that crashes resets the queue (the VMM does it for the dead end):
+ * the survivor sees -ECONNRESET and stops at once instead of waiting out
+ * its 60 s stall limit.
  *
  * Run: paravm run examples/pipeline/pipeline.toml --input FILE
  */
@@ -69,7 +74,8 @@ static struct tegra_hv_ivc_cookie *open_queue(const char *who, long id)
     return c;
 }
 
-/* The next free tx frame, waiting for the hasher; NULL if it stalled. */
+/* The next free tx frame, waiting for the hasher; NULL if it stalled or
+ * the queue was reset (the hasher is gone). */
 static struct pipe_frame *tx_frame(struct tegra_hv_ivc_cookie *c)
 {
     uint64_t deadline = 0;
@@ -77,6 +83,8 @@ static struct pipe_frame *tx_frame(struct tegra_hv_ivc_cookie *c)
         void *f = tegra_hv_ivc_write_get_next_frame(c);
         if (!PV_IS_ERR(f))
             return f;
+        if (PV_PTR_ERR(f) == -PV_ECONNRESET)
+            return 0;
         if (!deadline)
             deadline = after(STALL_NS);
         if (!wait_queue(c, deadline))
@@ -161,6 +169,10 @@ static void take_stream(struct tegra_hv_ivc_cookie *c, volatile struct pipe_resu
         uint64_t deadline = 0;
         const uint8_t *f;
         while (PV_IS_ERR(f = tegra_hv_ivc_read_get_next_frame(c))) {
+            if (PV_PTR_ERR(f) == -PV_ECONNRESET) {     /* the reader is gone */
+                r->error = -PV_ECONNRESET;
+                return;
+            }
             if (!deadline)
                 deadline = after(STALL_NS);
             if (!wait_queue(c, deadline)) {
@@ -211,7 +223,7 @@ static void take_stream(struct tegra_hv_ivc_cookie *c, volatile struct pipe_resu
     r->total = total;
     r->bytes = bytes;
     r->stream_ns = t0 ? now_ns() - t0 : 0;
-    r->state = PIPE_DONE;
+    __atomic_store_n(&r->state, PIPE_DONE, __ATOMIC_RELEASE);   /* after everything above */
 }
 
 static int hasher(long queue, long wait_s)
@@ -259,11 +271,15 @@ static int hasher(long queue, long wait_s)
                (unsigned long long)(ns / 1000 % 1000), impl);
     }
     evtchn_send((evtchn_port_t)port);
-    /* The page stays granted until the host has read it and let go. */
+    /* The page stays granted until the host has read it and let go; the
+     * deadline counts only while the host does not hold it (it may check
+     * a large file before it lets go). */
     uint64_t deadline = after((uint64_t)wait_s * 1000000000ull);
     while (!(__atomic_load_n(&r->host_done, __ATOMIC_ACQUIRE)
              && gnttab_try_end_foreign_access((grant_ref_t)ref) == 0)) {
         uint64_t now = now_ns();
+        if (gnttab_query_foreign_access((grant_ref_t)ref))
+            deadline = now + (uint64_t)wait_s * 1000000000ull;
         if (now >= deadline) {
             printf("hasher: no host took the result in %ld s\n", wait_s);
             return r->state == PIPE_DONE ? 0 : 1;

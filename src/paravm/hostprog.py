@@ -143,7 +143,8 @@ class HostRun:
         hv: the `paravm.Hypervisor` running the manifest's domains (started).
         manifest: the checked `paravm.config.Manifest`.
         input: the ``--input`` file (absolute `pathlib.Path`), or None.
-        started: `time.monotonic` when the domains had been started.
+        started: `time.monotonic` when the run was made (just before the
+            domains are started).
         stopping: a `threading.Event`, set when every domain has stopped, on
             ``--timeout`` and on Ctrl-C: the program must return soon after.
     """
@@ -156,11 +157,13 @@ class HostRun:
 
     def print(self, line: str) -> None:
         """``host| line`` through the hypervisor's console output (where the
-        domains' lines go)."""
+        domains' lines go), control characters escaped as the domains' are
+        (a line may quote what a guest wrote)."""
         sink = self.hv.output
         if sink is not None:
+            from .vm.console import sanitize
             try:
-                sink("host", line)
+                sink("host", sanitize(line))
             except OSError:
                 pass
 

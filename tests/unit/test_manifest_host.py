@@ -234,3 +234,27 @@ def test_placeholder_in_two_domains_gives_both_the_file(mdir, data):
     assert m.domain("b").devices[1:] == (BlockSpec(path=(mdir / "disk.img").resolve()),
                                          BlockSpec(path=data.resolve(), readonly=True, input=True))
     assert m.input == data.resolve() and m.uses_input is True
+
+
+@pytest.mark.parametrize("size, ok", [(0xFFFFFFFF * 512, True), (0xFFFFFFFF * 512 + 1, False)])
+def test_a_disk_beyond_lguests_32_bit_sector_count_is_refused(tmp_path, size, ok):
+    """num_sectors is a u32: 2 TiB - 512 B is the largest disk (sparse files here)."""
+    from paravm.config import ManifestError, load_manifest
+    disk = tmp_path / "big.img"
+    with open(disk, "wb") as f:
+        f.truncate(size)
+    elf = tmp_path / "g.elf"
+    elf.write_bytes(b"\x7fELF")
+    for path, given in (("big.img", None), ("{input}", disk)):
+        (tmp_path / "m.toml").write_text(
+            f'[[domain]]\nname = "a"\nimage = "g.elf"\n[[domain.device]]\ntype = "block"\n'
+            f'path = "{path}"\n')
+        if ok:
+            m = load_manifest(tmp_path / "m.toml", input=given)
+            assert m.domains[0].devices[0].path == disk
+        else:
+            with pytest.raises(ManifestError) as e:
+                load_manifest(tmp_path / "m.toml", input=given)
+            assert e.value.key == "domain[0].device[0].path"
+            assert e.value.reason.startswith("--input: " if given else str(disk))
+            assert "at most 2199023255040" in e.value.reason

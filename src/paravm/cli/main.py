@@ -137,10 +137,11 @@ def cmd_run(args, t_process: int) -> int:
             # mask, so it is never theirs) and taken right after.
             held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                hv.start_all()
                 if host_main is not None:
                     from ..hostprog import HostRun, HostThread
                     host = HostThread(host_main, HostRun(hv, manifest))
+                hv.start_all()
+                if host is not None:
                     host.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, held)
@@ -153,7 +154,11 @@ def cmd_run(args, t_process: int) -> int:
             _stop_quietly(hv, "timeout" if timed_out else "interrupted")
             if host is not None:
                 from ..hostprog import GRACE_S
-                host.join(GRACE_S)
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a 2nd Ctrl-C
+                try:
+                    host.join(GRACE_S)
+                finally:
+                    signal.signal(signal.SIGINT, previous)
         host_status = _host_status(host, hv)
         results = {name: d.result for name, d in hv.domains.items()}
         for name, res in results.items():

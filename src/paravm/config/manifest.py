@@ -63,6 +63,8 @@ LGUEST_MAX_DEVICES = 16
 PVZ_NUM_OS = 8              # RGXFW_NUM_OS: OSIDs 1..7 are guests'
 PVZ_HEAP_MAX = 8 << 20      # bytes per OSID (RGX_FW_HEAP_SHIFT 23, the DDK's value under VZ)
 PVZ_PRIORITY_MAX = (1 << 30) - 1
+# lguest_block_page.num_sectors is 32 bits: the largest disk, in bytes.
+LGUEST_DISK_MAX_BYTES = 0xFFFFFFFF * 512
 INPUT_PLACEHOLDER = "{input}"   # a block path standing for `paravm run --input FILE`
 ARGS_MAX_BYTES = 2048  # sum over args of len(utf-8) + 1 (the NUL that ends each one in the guest)
 
@@ -549,11 +551,13 @@ def _devices(raw: _RawDomain, key: str, ctx: _Context) -> tuple:
                 if ctx.input is None:
                     ctx.fail(f"{dkey}.path", f"{INPUT_PLACEHOLDER} stands for the file of "
                              "`paravm run --input FILE`, and none was given")
-                out.append(BlockSpec(path=_input_file(ctx.input, f"{dkey}.path", ctx),
-                                     readonly=dev.readonly, input=True))
+                path = _input_file(ctx.input, f"{dkey}.path", ctx)
+                _disk_size(path, f"{dkey}.path", ctx, "--input: ")
+                out.append(BlockSpec(path=path, readonly=dev.readonly, input=True))
             else:
-                out.append(BlockSpec(path=_regular_file(dev.path, f"{dkey}.path", ctx),
-                                     readonly=dev.readonly))
+                path = _regular_file(dev.path, f"{dkey}.path", ctx)
+                _disk_size(path, f"{dkey}.path", ctx, "")
+                out.append(BlockSpec(path=path, readonly=dev.readonly))
         else:
             if not _DOMAIN_NAME_RE.fullmatch(dev.lan):
                 ctx.fail(f"{dkey}.lan", f"must match {DOMAIN_NAME_PATTERN}")
@@ -649,6 +653,17 @@ def _regular_file(value: str, key: str, ctx: _Context) -> pathlib.Path:
     if kind != 0o100000:
         ctx.fail(key, f"not a regular file: {p}")
     return p
+
+
+def _disk_size(path: pathlib.Path, key: str, ctx: _Context, prefix: str) -> None:
+    """Refuse an image the lguest block device cannot describe."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        ctx.fail(key, f"{prefix}cannot access {path}: {_os_reason(e)}")
+    if size > LGUEST_DISK_MAX_BYTES:
+        ctx.fail(key, f"{prefix}{path} has {size} bytes; an lguest disk holds at most "
+                 f"{LGUEST_DISK_MAX_BYTES} (num_sectors is 32 bits)")
 
 
 def _input_file(p: pathlib.Path, key: str, ctx: _Context) -> pathlib.Path:
