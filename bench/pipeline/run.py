@@ -35,6 +35,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,7 +136,6 @@ def main() -> int:
     mbs = {k: [s["mb_per_s"] for s in v] for k, v in samples.items()}
     ratio_disk = [p / d for p, d in zip(mbs["pipeline"], mbs["disk"])]
     ratio_sum = [p / s for p, s in zip(mbs["pipeline"], mbs["sha256sum"])]
-    import statistics
     ratios = {"pipeline/disk": statistics.median(ratio_disk),
               "pipeline/sha256sum": statistics.median(ratio_sum)}
     data = {

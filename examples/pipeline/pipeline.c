@@ -74,30 +74,37 @@ static struct tegra_hv_ivc_cookie *open_queue(const char *who, long id)
     return c;
 }
 
-/* The next free tx frame, waiting for the hasher; NULL if it stalled or
- * the queue was reset (the hasher is gone). */
-static struct pipe_frame *tx_frame(struct tegra_hv_ivc_cookie *c)
+/* The next frame to write (tx) or to read, waiting for the peer: NULL with
+ * *err = -PV_ECONNRESET when the queue was reset (the peer is gone) or
+ * -PV_ETIMEDOUT when it stalled. */
+static void *next_frame(struct tegra_hv_ivc_cookie *c, int tx, int *err)
 {
     uint64_t deadline = 0;
     for (;;) {
-        void *f = tegra_hv_ivc_write_get_next_frame(c);
+        void *f = tx ? tegra_hv_ivc_write_get_next_frame(c)
+                     : tegra_hv_ivc_read_get_next_frame(c);
         if (!PV_IS_ERR(f))
             return f;
-        if (PV_PTR_ERR(f) == -PV_ECONNRESET)
+        if (PV_PTR_ERR(f) == -PV_ECONNRESET) {
+            *err = -PV_ECONNRESET;
             return 0;
+        }
         if (!deadline)
             deadline = after(STALL_NS);
-        if (!wait_queue(c, deadline))
+        if (!wait_queue(c, deadline)) {
+            *err = -PV_ETIMEDOUT;
             return 0;
+        }
     }
 }
 
 static int send_frame(struct tegra_hv_ivc_cookie *c, uint32_t kind, uint32_t len, uint32_t seq,
                       uint64_t offset, uint64_t total, const void *data)
 {
-    struct pipe_frame *f = tx_frame(c);
+    int err;
+    struct pipe_frame *f = next_frame(c, 1, &err);
     if (!f)
-        return -PV_ETIMEDOUT;
+        return err;
     f->magic = PIPE_FRAME_MAGIC;
     f->kind = kind;
     f->len = len;
@@ -166,19 +173,11 @@ static void take_stream(struct tegra_hv_ivc_cookie *c, volatile struct pipe_resu
     uint32_t crc = 0, seq = 0;
     uint64_t bytes = 0, total = 0, t0 = 0;
     for (;;) {
-        uint64_t deadline = 0;
-        const uint8_t *f;
-        while (PV_IS_ERR(f = tegra_hv_ivc_read_get_next_frame(c))) {
-            if (PV_PTR_ERR(f) == -PV_ECONNRESET) {     /* the reader is gone */
-                r->error = -PV_ECONNRESET;
-                return;
-            }
-            if (!deadline)
-                deadline = after(STALL_NS);
-            if (!wait_queue(c, deadline)) {
-                r->error = -PV_ETIMEDOUT;
-                return;
-            }
+        int err;
+        const uint8_t *f = next_frame(c, 0, &err);
+        if (!f) {
+            r->error = err;
+            return;
         }
         if (!t0)
             t0 = now_ns();

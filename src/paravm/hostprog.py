@@ -182,7 +182,8 @@ class HostRun:
 
 class HostThread:
     """Runs ``main(run)`` on a daemon thread named ``host``; `status` is its
-    exit status once `done`, `error` the traceback text if it raised."""
+    exit status once it has returned (`join` true), `error` the traceback
+    text if it raised or returned something that is not an int."""
 
     def __init__(self, main: Callable[[HostRun], Any], run: HostRun) -> None:
         self.main, self.run = main, run

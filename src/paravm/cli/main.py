@@ -159,7 +159,7 @@ def cmd_run(args, t_process: int) -> int:
                     host.join(GRACE_S)
                 finally:
                     signal.signal(signal.SIGINT, previous)
-        host_status = _host_status(host, hv)
+        host_status = _host_status(host)
         results = {name: d.result for name, d in hv.domains.items()}
         for name, res in results.items():
             if res is not None and res.how == "crashed":
@@ -212,7 +212,7 @@ def _wait(hv, host, deadline: float | None) -> bool:
             return False
 
 
-def _host_status(host, hv) -> int:
+def _host_status(host) -> int:
     """The host program's exit status (reported on stderr when it failed)."""
     if host is None:
         return 0

@@ -286,7 +286,6 @@ class Manifest(msgspec.Struct, frozen=True):
             is ``i + 1``); never empty.
         host: the ``[host]`` table, or None.
         input: the ``--input`` file the manifest was loaded with (absolute, resolved), or None.
-        uses_input: whether some block device's path is ``"{input}"``.
     """
 
     path: pathlib.Path
@@ -296,7 +295,11 @@ class Manifest(msgspec.Struct, frozen=True):
     pvz: PvzSpec | None = None
     host: HostSpec | None = None
     input: pathlib.Path | None = None
-    uses_input: bool = False
+
+    @property
+    def uses_input(self) -> bool:
+        """Whether some block device's path is ``"{input}"``."""
+        return any(isinstance(d, BlockSpec) and d.input for s in self.domains for d in s.devices)
 
     def domain(self, name: str) -> DomainSpec:
         """The domain called *name*; raises KeyError if there is none."""
@@ -459,18 +462,15 @@ def _from_data(data: Any, path: pathlib.Path, file: str, input=None) -> Manifest
     host = None
     if raw.host is not None:
         host = HostSpec(program=_regular_file(raw.host.program, "host.program", ctx))
-    uses_input = any(isinstance(d, _RawBlock) and d.path == INPUT_PLACEHOLDER
-                     for r in raw.domain for d in r.device)
     checked_input = None
-    if abs_input is not None and uses_input:
-        checked_input = next(d.path for s in domains for d in s.devices
-                             if isinstance(d, BlockSpec) and d.input)
-    elif abs_input is not None:
-        checked_input = _input_file(abs_input, "", ctx)
+    if abs_input is not None:       # checked with its device's key, else here
+        checked_input = next((d.path for s in domains for d in s.devices
+                              if isinstance(d, BlockSpec) and d.input), None)
+        checked_input = checked_input or _input_file(abs_input, "", ctx)
     return Manifest(path=abs_path, domains=domains, ivc=_build_ivc(raw.ivc, domains, ctx),
                     ivc_mempool=_build_mempools(raw.ivc_mempool, domains, ctx),
                     pvz=_build_pvz(raw.pvz, raw.domain, ctx), host=host,
-                    input=checked_input, uses_input=uses_input)
+                    input=checked_input)
 
 
 def _build_domains(raws: tuple[_RawDomain, ...], ctx: _Context) -> tuple[DomainSpec, ...]:
