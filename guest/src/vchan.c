@@ -161,6 +161,8 @@ int vchan_client_init(struct vchan *v, domid_t peer, const char *xs_path,
     snprintf(key, sizeof key, "%s/ring-ref", xs_path);
     if ((r = (int)xs_read_uint(key, &ring_ref)) < 0)
         return r;
+    if (ring_ref > 0xFFFFFFFFul || remote_port > 0xFFFFFFFFul)   /* the peer wrote them */
+        return -PV_EINVAL;
     int port = evtchn_bind_interdomain(peer, (evtchn_port_t)remote_port);
     if (port < 0)
         return port;

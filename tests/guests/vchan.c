@@ -8,26 +8,6 @@
 #include <paravm.h>
 #include <paravm/vchan.h>
 
-static uint32_t crc_table[256];
-
-static void crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
-    }
-}
-
-static uint32_t crc32(uint32_t crc, const uint8_t *p, size_t n)
-{
-    crc = ~crc;
-    while (n--)
-        crc = crc_table[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-    return ~crc;
-}
-
 static uint64_t xs_state = 1;
 static uint64_t next_word(void)
 {
@@ -52,7 +32,6 @@ int main(int argc, char **argv)
     unsigned long total = (unsigned long)strtol(argv[5], 0, 10);
     size_t left_min = argc > 6 ? (size_t)strtol(argv[6], 0, 10) : 65536;
     size_t right_min = argc > 7 ? (size_t)strtol(argv[7], 0, 10) : 65536;
-    crc_init();
     int r = server ? vchan_server_init(&v, peer, argv[3], left_min, right_min)
                    : vchan_client_init(&v, peer, argv[3], 10000000000ull);
     if (r < 0) {
@@ -83,7 +62,7 @@ int main(int argc, char **argv)
                 return 1;
             }
         }
-        crc = crc32(crc, buf, (size_t)n);
+        crc = pv_crc32(crc, buf, (size_t)n);
         done += (unsigned long)n;
     }
     uint64_t ns = pv_clock_ns() - t0;

@@ -12,9 +12,10 @@
  * pending for evtchn_test_and_clear() / evtchn_wait().
  *
  * Setting up a channel between domains A and B: A calls
- * evtchn_alloc_unbound(B) and tells B the port (paravm has no xenstore:
- * arguments, a shared page, or the known numbering: ports are handed out
- * lowest first from 1); B calls evtchn_bind_interdomain(A, port).  B's new
+ * evtchn_alloc_unbound(B) and tells B the port (through xenstore,
+ * paravm/xenstore.h: xs_write / xs_wait_read, as vchan and the pipeline
+ * example do; or arguments, a shared page, the lowest-first numbering from
+ * 1); B calls evtchn_bind_interdomain(A, port).  B's new
  * port starts pending.  Closing one end returns the other to UNBOUND without
  * any event; sends on it are then dropped (0).
  *

@@ -12,7 +12,6 @@ calling domain with the traceback as its reason (never the VMM).
 
 from __future__ import annotations
 
-from errno import EFAULT
 from typing import Callable
 
 from ..arch.x86.layout import RESERVED_END
@@ -30,29 +29,17 @@ class HypercallError(Exception):
         self.errno = errno
 
 
-class BadGuestBuffer(HypercallError, GuestMemoryError):
-    """A hypercall buffer the guest may not use: ``-EFAULT`` (either way a
-    handler or the dispatcher catches it)."""
-
-    def __init__(self, gpa: int, length: int, why: str) -> None:
-        GuestMemoryError.__init__(self, gpa, length, why)
-        self.errno = EFAULT
-
-
 def guest_buffer(mem, gpa: int, length: int, *, writable: bool = False) -> memoryview:
     """A zero-copy view of a hypercall's buffer ``[gpa, gpa+length)`` in
-    guest memory *mem* (use it in a ``with``).  :class:`BadGuestBuffer`
-    (``-EFAULT``) for any byte outside guest memory, in a read-only region
+    guest memory *mem* (use it in a ``with``).  :class:`GuestMemoryError`
+    (the dispatcher's ``-EFAULT``) for any byte outside guest memory, in a read-only region
     when *writable*, or below ``RESERVED_END``: the page tables, GDT, IDT
     and stub stacks the VMM built are never read or written on a guest's
     behalf (ring-3 code must not reach its ring 0 through a service).
     Overflow-safe for any Python ints."""
     if gpa < RESERVED_END and length:
-        raise BadGuestBuffer(gpa, length, "is in the reserved area")
-    try:
-        return mem.writable_view(gpa, length) if writable else mem.view(gpa, length)
-    except GuestMemoryError:
-        raise BadGuestBuffer(gpa, length, "is outside (writable) guest memory") from None
+        raise GuestMemoryError(gpa, length, "is in the reserved area")
+    return mem.writable_view(gpa, length) if writable else mem.view(gpa, length)
 
 
 class HypercallTable:

@@ -50,7 +50,6 @@ from dataclasses import dataclass
 
 from ...arch.x86 import layout as L
 from ...memory import atomic
-from ...memory.guest import GuestMemoryError
 from ...hypercall.table import guest_buffer
 from . import abi
 
@@ -257,18 +256,13 @@ class EvtchnService:
         dom = t.domain
         if dom is None:
             return -E.ENOSYS
-        try:
-            with guest_buffer(dom.memory, arg, size) as view:
-                raw = bytearray(view)            # copied once, then checked
-        except GuestMemoryError:
-            return -E.EFAULT
+        # A GuestMemoryError (either copy) is the dispatcher's -EFAULT.
+        with guest_buffer(dom.memory, arg, size) as view:
+            raw = bytearray(view)                # copied once, then checked
         with self.lock:
             ret, out = self._op(t, cmd, raw)
         if out:
-            try:
-                dom.memory.write(arg, raw)
-            except GuestMemoryError:
-                return -E.EFAULT
+            dom.memory.write(arg, raw)
         return ret
 
     def _op(self, t: _Table, cmd: int, raw: bytearray) -> tuple[int, bool]:
