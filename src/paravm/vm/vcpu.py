@@ -163,9 +163,10 @@ class VcpuRunner:
                 # back into KVM_RUN, for at most 1 ms.  A halted guest is
                 # in KVM_RUN at once, so this costs it nothing.
                 end = time.monotonic() + 0.001
-                while (self.state is VcpuState.PAUSED or not self.in_guest) \
-                        and not self._pause and not self._stop \
-                        and self.state is not VcpuState.STOPPED and time.monotonic() < end:
+                # (Only a vCPU that can run: not one never started or stopped.)
+                while (self.state is VcpuState.PAUSED or (self.state is VcpuState.RUNNING
+                                                          and not self.in_guest)) \
+                        and not self._pause and not self._stop and time.monotonic() < end:
                     self._cond.wait(0.0001)
                 self._released = False
             self._holds += 1
