@@ -49,7 +49,6 @@ class DmaError(Exception):
 class Binding:
     owner: "LguestDomain"
     key: tuple
-    gpa: int              # the key as the binder gave it
     dmas: int             # GPA of the lguest_dma array
     num: int
     irq: int
@@ -63,7 +62,6 @@ class Lan:
     frames: object = None                        # FrameRange (one page)
     slots: dict[str, int] = field(default_factory=dict)   # domain name -> slot
     capture: object = None                       # PcapWriter, when asked
-    delivered: int = 0
     dropped: int = 0
 
     def write_slot(self, slot: int, mac: bytes) -> None:
@@ -321,7 +319,7 @@ class LguestService:
                 return 0
             for i, b in enumerate(g.bindings):
                 if b is None:
-                    nb = Binding(g, kid, key, dmas, num, irq)
+                    nb = Binding(g, kid, dmas, num, irq)
                     g.bindings[i] = nb
                     self.by_key.setdefault(kid, []).insert(0, nb)
                     return 1
@@ -379,7 +377,6 @@ class LguestService:
             return 0
         owner.set_used_len(entry, total)
         dst.next_dma = (dst.next_dma + 1) & 0xFFFF
-        lan.delivered += 1
         if lan.capture is not None:
             lan.capture.write(_gather(owner.memory, dst_sections, total))
         owner.raise_irq(dst.irq)

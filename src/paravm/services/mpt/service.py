@@ -76,10 +76,10 @@ class _TrapArea:
     """The MMIO-bus device of one trap area: forwards each access, with its
     absolute GPA, to the device model."""
 
-    __slots__ = ("inst", "start", "end")
+    __slots__ = ("inst", "start")
 
-    def __init__(self, inst: "_Instance", start: int, end: int) -> None:
-        self.inst, self.start, self.end = inst, start, end
+    def __init__(self, inst: "_Instance", start: int) -> None:
+        self.inst, self.start = inst, start
 
     def read(self, offset: int, data: memoryview) -> None:
         self.inst.call("emulate_mmio_read", self.start + offset, data)
@@ -625,7 +625,7 @@ class MptService:
             if map:
                 if dom.mmio_bus.overlaps(start, size) or _overlaps_memory(dom.memory, start, size):
                     return -A.EEXIST
-                dom.mmio_bus.insert(start, size, _TrapArea(inst, start, end),
+                dom.mmio_bus.insert(start, size, _TrapArea(inst, start),
                                     f"trap area of {inst.type_name}")
                 inst.traps[start] = end
                 return 0
@@ -638,7 +638,7 @@ class MptService:
             del inst.traps[s]
             for lo, hi in ((s, start - 1), (end + 1, e)):
                 if lo <= hi:
-                    dom.mmio_bus.insert(lo, hi - lo + 1, _TrapArea(inst, lo, hi),
+                    dom.mmio_bus.insert(lo, hi - lo + 1, _TrapArea(inst, lo),
                                         f"trap area of {inst.type_name}")
                     inst.traps[lo] = hi
         return 0

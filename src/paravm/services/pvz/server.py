@@ -355,8 +355,6 @@ class PvzServer:
 _HOST_ENTRIES = ("create_dev_config", "destroy_dev_config", "create_dev_phys_heaps",
                  "destroy_dev_phys_heaps", "map_dev_phys_heap", "unmap_dev_phys_heap",
                  "on_vm_online", "on_vm_offline", "vmm_configure")
-_CLIENT_ENTRIES = ("create_dev_config", "destroy_dev_config", "create_dev_phys_heaps",
-                   "destroy_dev_phys_heaps", "map_dev_phys_heap", "unmap_dev_phys_heap")
 
 
 def validate_connection(conn, *, host: bool) -> int:
