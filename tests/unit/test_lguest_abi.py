@@ -7,7 +7,7 @@ import pytest
 
 from paravm.services.lguest import abi
 
-from c_probe import probe
+from c_probe import probe, py_offsets
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER = ROOT / "guest/include/paravm/lguest_abi.h"
@@ -53,6 +53,14 @@ def test_struct_layouts(c_layout):
             for f in ("type", "sector", "bytes", "result", "num_sectors", "disk_bytes")] == \
         [0, 4, 8, abi.BLOCK_RESULT, 16, 24]
     assert c["sizeof(struct lguest_net)"] == abi.NET_SLOT
+    # ... and the Python structs the VMM packs have their fields at the C offsets
+    assert [c[f"offsetof(struct lguest_device_desc, {f})"]
+            for f in ("type", "features", "status", "num_pages", "pfn")] == py_offsets(abi.DESC)
+    block = py_offsets(abi.BLOCK)          # type sector bytes result num_sectors (pad) disk_bytes
+    assert [c[f"offsetof(struct lguest_block_page, {f})"]
+            for f in ("type", "sector", "bytes", "result", "num_sectors", "disk_bytes")] == \
+        block[:5] + block[6:]
+    assert c["sizeof(struct lguest_dma)"] == abi.DMA.size
 
 
 def define(name):
